@@ -1,0 +1,58 @@
+import type { Command } from "commander";
+import { ConfigError, loadConfig } from "../config/config.js";
+import { createLogger } from "../logger.js";
+import { startService } from "../service.js";
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/** `itx serve`: runs the service until SIGINT or SIGTERM. */
+export function registerServe(program: Command): void {
+  program
+    .command("serve")
+    .description("run the ImageTransfer service")
+    .option("--config <file>", "config file, YAML or JSON (env ITX_CONFIG)")
+    .option("--listen <host:port>", "address for gRPC, gRPC-Web and Connect (env ITX_LISTEN; default 127.0.0.1:50051)")
+    .option("--data-dir <dir>", "where embedded state and local images live (env ITX_DATA_DIR; default ./var)")
+    .option("--mongodb-uri <uri>", "use MongoDB for images and tasks (env ITX_MONGODB_URI or MONGODB_URI)")
+    .option("--plugins-dir <dir>", "load plugins from this folder too; repeatable (env ITX_PLUGINS_DIRS, ':'-separated)", collect)
+    .option("--tls-cert <file>", "serve TLS with this certificate (env ITX_TLS_CERT)")
+    .option("--tls-key <file>", "the TLS private key (env ITX_TLS_KEY)")
+    .option("--log-level <level>", "fatal, error, warn, info, debug, trace or silent (env ITX_LOG_LEVEL)")
+    .action(async (opts: Record<string, string | string[] | undefined>) => {
+      let config;
+      try {
+        config = await loadConfig({
+          file: (opts.config as string | undefined) ?? process.env.ITX_CONFIG,
+          env: process.env,
+          overrides: {
+            listen: opts.listen,
+            dataDir: opts.dataDir,
+            mongodbUri: opts.mongodbUri,
+            pluginsDirs: opts.pluginsDir,
+            "tls.cert": opts.tlsCert,
+            "tls.key": opts.tlsKey,
+            logLevel: opts.logLevel,
+          },
+        });
+      } catch (err) {
+        if (err instanceof ConfigError) {
+          process.stderr.write(`itx serve: ${err.message}\n`);
+          process.exit(2);
+        }
+        throw err;
+      }
+      const logger = createLogger(config.logLevel);
+      const service = await startService(config, logger);
+      // Scripts and tests wait for this line to know the port (useful with port 0).
+      process.stdout.write(`listening on ${service.listener.url}\n`);
+      const stop = async (signal: string) => {
+        logger.info({ signal }, "shutting down");
+        await service.close();
+        process.exit(0);
+      };
+      process.once("SIGINT", () => void stop("SIGINT"));
+      process.once("SIGTERM", () => void stop("SIGTERM"));
+    });
+}

@@ -1,0 +1,123 @@
+import { readFile } from "node:fs/promises";
+import { extname, resolve } from "node:path";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+
+const storeSchema = z.strictObject({
+  name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, "must be lower-case letters, digits and dashes"),
+  /** The id of the store plugin, e.g. store-filesystem. */
+  plugin: z.string().min(1),
+  /** Defaults to the service's region. */
+  region: z.string().min(1).optional(),
+  options: z.record(z.string(), z.unknown()).default({}),
+  default: z.boolean().default(false),
+  staging: z.boolean().default(false),
+});
+
+export const configSchema = z
+  .strictObject({
+    listen: z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, "must be HOST:PORT").default("127.0.0.1:50051"),
+    dataDir: z.string().min(1).default("./var"),
+    region: z.string().min(1).default("local"),
+    mongodbUri: z.string().regex(/^mongodb(\+srv)?:\/\//, "must be a mongodb:// URI").optional(),
+    pluginsDirs: z.array(z.string().min(1)).default([]),
+    tls: z.strictObject({ cert: z.string().min(1), key: z.string().min(1) }).optional(),
+    logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+    /** Largest request message accepted, in bytes. */
+    maxMessageBytes: z.number().int().min(1024).default(4 * 1024 * 1024),
+    /** How often a watcher checks the database for changes made by other processes. */
+    watchPollMs: z.number().int().min(10).max(10_000).default(250),
+    stores: z
+      .array(storeSchema)
+      .default([{ name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true }]),
+  })
+  .superRefine((config, ctx) => {
+    const names = new Set<string>();
+    config.stores.forEach((store, i) => {
+      if (names.has(store.name)) ctx.addIssue({ code: "custom", path: ["stores", i, "name"], message: `duplicate store name "${store.name}"` });
+      names.add(store.name);
+    });
+    for (const flag of ["default", "staging"] as const) {
+      if (config.stores.length > 0 && config.stores.filter((s) => s[flag]).length !== 1) {
+        ctx.addIssue({ code: "custom", path: ["stores"], message: `exactly one store must have ${flag}: true` });
+      }
+    }
+  });
+
+export type Config = z.infer<typeof configSchema>;
+export type StoreConfigEntry = Config["stores"][number];
+
+/** Configuration problems stop start-up with one message that names the key. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+/** The environment variables read for the common keys, and the key each sets. */
+export const environmentKeys = {
+  ITX_LISTEN: "listen",
+  ITX_DATA_DIR: "dataDir",
+  ITX_REGION: "region",
+  // The conventional name first, so that ITX_MONGODB_URI wins when both are set.
+  MONGODB_URI: "mongodbUri",
+  ITX_MONGODB_URI: "mongodbUri",
+  ITX_PLUGINS_DIRS: "pluginsDirs",
+  ITX_LOG_LEVEL: "logLevel",
+  ITX_TLS_CERT: "tls.cert",
+  ITX_TLS_KEY: "tls.key",
+} as const;
+
+/**
+ * Builds the configuration: defaults, then the config file (YAML or JSON), then ITX_*
+ * environment variables, then command-line overrides; later sources win.
+ */
+export async function loadConfig(options: {
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  overrides?: Record<string, unknown>;
+}): Promise<Config> {
+  const raw: Record<string, unknown> = options.file ? await readConfigFile(options.file) : {};
+  const env = options.env ?? {};
+  for (const [variable, key] of Object.entries(environmentKeys)) {
+    const value = env[variable];
+    if (value === undefined || value === "") continue;
+    setPath(raw, key, key === "pluginsDirs" ? value.split(":").filter(Boolean) : value);
+  }
+  for (const [key, value] of Object.entries(options.overrides ?? {})) {
+    if (value !== undefined) setPath(raw, key, value);
+  }
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const key = issue.path.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("").replace(/^\./, "");
+    throw new ConfigError(`invalid configuration: ${key || "(top level)"}: ${issue.message}`);
+  }
+  return result.data;
+}
+
+async function readConfigFile(file: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await readFile(resolve(file), "utf8");
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  let value: unknown;
+  try {
+    value = extname(file) === ".json" ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(`config file ${file} is not valid ${extname(file) === ".json" ? "JSON" : "YAML"}: ${(err as Error).message}`);
+  }
+  if (value === null || value === undefined) return {};
+  if (typeof value !== "object" || Array.isArray(value)) throw new ConfigError(`config file ${file} must hold a mapping of keys`);
+  return value as Record<string, unknown>;
+}
+
+function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const keys = path.split(".");
+  let node = target;
+  for (const key of keys.slice(0, -1)) {
+    if (typeof node[key] !== "object" || node[key] === null) node[key] = {};
+    node = node[key] as Record<string, unknown>;
+  }
+  node[keys.at(-1)!] = value;
+}

@@ -1,0 +1,156 @@
+import { inject, injectable } from "tsyringe";
+import type { Config } from "../config/config.js";
+import type { Repository, TaskChange } from "../persistence/repository.js";
+import { Tokens } from "../tokens.js";
+import { isDomainError, notFound } from "./errors.js";
+import { isTerminal, type TaskProgress, type TaskRecord } from "./task.js";
+
+/** Progress is written at most this often per task; watchers see about ten updates a second. */
+export const PROGRESS_INTERVAL_MS = 100;
+
+/**
+ * Where task changes are made and watched. Changes made in this process wake this
+ * process's watchers at once; changes made by other processes sharing the database
+ * are found by polling the task's change log, so every watcher sees every change in
+ * version order wherever it was made.
+ */
+@injectable()
+export class TaskHub {
+  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly reporters = new Map<string, ProgressReporter>();
+  private readonly pollMs: number;
+
+  constructor(
+    @inject(Tokens.Repository) private readonly repository: Repository,
+    @inject(Tokens.Config) config: Pick<Config, "watchPollMs">,
+  ) {
+    this.pollMs = config.watchPollMs;
+  }
+
+  async create(task: TaskRecord): Promise<TaskRecord> {
+    await this.repository.insertTask(task);
+    return task;
+  }
+
+  /**
+   * Applies a conditional change. Pending progress for the task is written first, so a
+   * state change is never overtaken by an older progress write.
+   */
+  async change(id: string, change: TaskChange): Promise<TaskRecord> {
+    await this.reporters.get(id)?.flush();
+    const task = await this.repository.updateTask(id, change);
+    if (isTerminal(task.state)) this.reporters.delete(id);
+    this.wake(id);
+    return task;
+  }
+
+  /** Records progress of a running task, coalesced to one write per PROGRESS_INTERVAL_MS. */
+  reportProgress(id: string, progress: TaskProgress): void {
+    let reporter = this.reporters.get(id);
+    if (!reporter) {
+      reporter = new ProgressReporter(async (p) => {
+        try {
+          await this.repository.updateTask(id, { expect: ["running"], patch: { progress: p } });
+          this.wake(id);
+        } catch (err) {
+          // The task has ended or moved on (e.g. canceled); its worker learns that from its own checks.
+          if (!isDomainError(err) || err.kind !== "failed-precondition") throw err;
+        }
+      });
+      this.reporters.set(id, reporter);
+    }
+    reporter.report(progress);
+  }
+
+  /** The current snapshot, then every change in version order, until a terminal state. */
+  async *watch(id: string, signal: AbortSignal): AsyncGenerator<TaskRecord> {
+    let task = await this.repository.findTask(id);
+    if (!task) throw notFound("task", id);
+    yield task;
+    while (!isTerminal(task.state)) {
+      await this.waitForChange(id, signal);
+      const changes = await this.repository.listTaskChanges(id, task.version);
+      // A change whose log entry was lost is still visible on the task itself.
+      const latest = changes.at(-1) ?? (await this.repository.findTask(id));
+      if (latest && latest.version > task.version && !changes.includes(latest)) changes.push(latest);
+      for (const change of changes) {
+        task = change;
+        yield change;
+        if (isTerminal(change.state)) break;
+      }
+    }
+  }
+
+  private wake(id: string): void {
+    for (const wake of this.waiters.get(id) ?? []) wake();
+  }
+
+  /** Resolves when this process changes the task or the poll interval passes; rejects on abort. */
+  private waitForChange(id: string, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const waiters = this.waiters.get(id) ?? new Set();
+      this.waiters.set(id, waiters);
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
+        waiters.delete(done);
+        if (waiters.size === 0) this.waiters.delete(id);
+      };
+      const onAbort = () => {
+        done();
+        reject(signal.reason);
+      };
+      const timer = setTimeout(() => (done(), resolve()), this.pollMs);
+      waiters.add(() => (done(), resolve()));
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+}
+
+/**
+ * Keeps the latest progress and writes it at most once per interval, one write at a
+ * time, so a fast pipeline cannot flood the database.
+ */
+export class ProgressReporter {
+  private pending?: TaskProgress;
+  private inFlight?: Promise<void>;
+  private timer?: NodeJS.Timeout;
+  private lastWrite = 0;
+
+  constructor(
+    private readonly write: (progress: TaskProgress) => Promise<void>,
+    private readonly intervalMs = PROGRESS_INTERVAL_MS,
+  ) {}
+
+  report(progress: TaskProgress): void {
+    this.pending = progress;
+    if (this.timer || this.inFlight) return;
+    const wait = this.lastWrite + this.intervalMs - Date.now();
+    if (wait <= 0) void this.writePending();
+    else this.timer = setTimeout(() => void this.writePending(), wait);
+  }
+
+  /** Writes whatever is pending now and waits for every write to finish. */
+  async flush(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.inFlight;
+    if (this.pending) await this.writePending();
+  }
+
+  private async writePending(): Promise<void> {
+    this.timer = undefined;
+    const progress = this.pending;
+    if (!progress) return;
+    this.pending = undefined;
+    this.lastWrite = Date.now();
+    this.inFlight = this.write(progress)
+      .catch(() => undefined)
+      .finally(() => {
+        this.inFlight = undefined;
+        if (this.pending) this.report(this.pending);
+      });
+    await this.inFlight;
+  }
+}

@@ -1,0 +1,178 @@
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import type { ImageFilter, ImageRecord } from "../../core/image.js";
+import type { Cursor, Page, PageRequest } from "../../core/paging.js";
+import type { TaskFilter, TaskRecord } from "../../core/task.js";
+import {
+  imageChangeSources,
+  refusal,
+  taskChangeFields,
+  taskChangeSources,
+  type ImageChange,
+  type Repository,
+  type TaskChange,
+} from "../repository.js";
+
+const schema = `
+  CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL, name TEXT NOT NULL,
+    create_time INTEGER NOT NULL, doc TEXT NOT NULL);
+  CREATE INDEX IF NOT EXISTS images_by_time ON images (create_time, id);
+  CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, state TEXT NOT NULL, type TEXT NOT NULL,
+    image_id TEXT NOT NULL, create_time INTEGER NOT NULL, doc TEXT NOT NULL);
+  CREATE INDEX IF NOT EXISTS tasks_by_time ON tasks (create_time, id);
+  CREATE TABLE IF NOT EXISTS task_changes (
+    task_id TEXT NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (task_id, version));
+`;
+
+type Row = { doc: string };
+
+/**
+ * The embedded repository: one SQLite file under the data dir, for a one-command start
+ * with no database server. Each change runs in a transaction, which gives the same
+ * conditional-update guarantee as the MongoDB adapter.
+ */
+export class SqliteRepository implements Repository {
+  private readonly db: Database.Database;
+
+  constructor(dataDir: string) {
+    mkdirSync(dataDir, { recursive: true });
+    this.db = new Database(join(dataDir, "imagetransfer.sqlite"));
+    // WAL keeps readers (watchers, listings) from blocking the writer.
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("busy_timeout = 5000");
+  }
+
+  async init(): Promise<void> {
+    this.db.exec(schema);
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  async ping(): Promise<void> {
+    this.db.prepare("SELECT 1").get();
+  }
+
+  async insertImage(image: ImageRecord): Promise<void> {
+    this.db
+      .prepare("INSERT INTO images (id, owner, status, name, create_time, doc) VALUES (?, ?, ?, ?, ?, ?)")
+      .run(image.id, image.owner, image.status, image.name, image.createTime, JSON.stringify(image));
+  }
+
+  async findImage(id: string): Promise<ImageRecord | undefined> {
+    const row = this.db.prepare("SELECT doc FROM images WHERE id = ?").get(id) as Row | undefined;
+    return row && JSON.parse(row.doc);
+  }
+
+  async listImages({ filter, limit, after }: PageRequest<ImageFilter>): Promise<Page<ImageRecord>> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.owner !== undefined) where.push("owner = ?"), args.push(filter.owner);
+    if (filter.status !== undefined) where.push("status = ?"), args.push(filter.status);
+    else where.push("status <> 'deleted'");
+    if (filter.name !== undefined) where.push("name = ?"), args.push(filter.name);
+    return this.page<ImageRecord>("images", where, args, limit, after);
+  }
+
+  async updateImage(id: string, change: ImageChange): Promise<ImageRecord> {
+    const sources = imageChangeSources(change);
+    return this.db.transaction(() => {
+      const current = this.findImageSync(id);
+      if (!current || !sources.includes(current.status)) throw refusal("image", id, current?.status, change.status);
+      const next: ImageRecord = {
+        ...current,
+        ...change.patch,
+        status: change.status ?? current.status,
+        updateTime: Math.max(Date.now(), current.updateTime),
+      };
+      this.db
+        .prepare("UPDATE images SET status = ?, name = ?, doc = ? WHERE id = ?")
+        .run(next.status, next.name, JSON.stringify(next), id);
+      return next;
+    }).immediate();
+  }
+
+  async insertTask(task: TaskRecord): Promise<void> {
+    this.db.transaction(() => {
+      this.db
+        .prepare("INSERT INTO tasks (id, owner, state, type, image_id, create_time, doc) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        .run(task.id, task.owner, task.state, task.type, task.imageId, task.createTime, JSON.stringify(task));
+      this.recordChange(task);
+    }).immediate();
+  }
+
+  async findTask(id: string): Promise<TaskRecord | undefined> {
+    const row = this.db.prepare("SELECT doc FROM tasks WHERE id = ?").get(id) as Row | undefined;
+    return row && JSON.parse(row.doc);
+  }
+
+  async listTasks({ filter, limit, after }: PageRequest<TaskFilter>): Promise<Page<TaskRecord>> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.owner !== undefined) where.push("owner = ?"), args.push(filter.owner);
+    if (filter.state !== undefined) where.push("state = ?"), args.push(filter.state);
+    if (filter.type !== undefined) where.push("type = ?"), args.push(filter.type);
+    if (filter.imageId !== undefined) where.push("image_id = ?"), args.push(filter.imageId);
+    return this.page<TaskRecord>("tasks", where, args, limit, after);
+  }
+
+  async updateTask(id: string, change: TaskChange): Promise<TaskRecord> {
+    const sources = taskChangeSources(change);
+    return this.db.transaction(() => {
+      const row = this.db.prepare("SELECT doc FROM tasks WHERE id = ?").get(id) as Row | undefined;
+      const current: TaskRecord | undefined = row && JSON.parse(row.doc);
+      if (!current || !sources.includes(current.state)) throw refusal("task", id, current?.state, change.state);
+      const next: TaskRecord = {
+        ...current,
+        ...taskChangeFields(change, Math.max(Date.now(), current.updateTime)),
+        version: current.version + 1,
+      };
+      this.db.prepare("UPDATE tasks SET state = ?, doc = ? WHERE id = ?").run(next.state, JSON.stringify(next), id);
+      this.recordChange(next);
+      return next;
+    }).immediate();
+  }
+
+  async listTaskChanges(id: string, afterVersion: number, limit = 1000): Promise<TaskRecord[]> {
+    const rows = this.db
+      .prepare("SELECT doc FROM task_changes WHERE task_id = ? AND version > ? ORDER BY version LIMIT ?")
+      .all(id, afterVersion, limit) as Row[];
+    return rows.map((r) => JSON.parse(r.doc));
+  }
+
+  private findImageSync(id: string): ImageRecord | undefined {
+    const row = this.db.prepare("SELECT doc FROM images WHERE id = ?").get(id) as Row | undefined;
+    return row && JSON.parse(row.doc);
+  }
+
+  private recordChange(task: TaskRecord): void {
+    this.db
+      .prepare("INSERT INTO task_changes (task_id, version, doc) VALUES (?, ?, ?)")
+      .run(task.id, task.version, JSON.stringify(task));
+  }
+
+  private page<T extends { createTime: number; id: string }>(
+    table: "images" | "tasks",
+    where: string[],
+    args: unknown[],
+    limit: number,
+    after: Cursor | undefined,
+  ): Page<T> {
+    if (after) {
+      where.push("(create_time > ? OR (create_time = ? AND id > ?))");
+      args.push(after.createTime, after.createTime, after.id);
+    }
+    const clause = where.length > 0 ? `WHERE ${where.join(" AND ")}` : "";
+    const rows = this.db
+      .prepare(`SELECT doc FROM ${table} ${clause} ORDER BY create_time, id LIMIT ?`)
+      .all(...args, limit + 1) as Row[];
+    const items = rows.slice(0, limit).map((r) => JSON.parse(r.doc) as T);
+    const last = items.at(-1);
+    return rows.length > limit && last ? { items, next: { createTime: last.createTime, id: last.id } } : { items };
+  }
+}

@@ -1,0 +1,97 @@
+import { failedPrecondition, notFound } from "../core/errors.js";
+import {
+  imagePredecessors,
+  type ImageFilter,
+  type ImagePatch,
+  type ImageRecord,
+  type ImageStatus,
+} from "../core/image.js";
+import type { Page, PageRequest } from "../core/paging.js";
+import {
+  isTerminal,
+  taskPredecessors,
+  type TaskFilter,
+  type TaskPatch,
+  type TaskRecord,
+  type TaskState,
+} from "../core/task.js";
+
+/** A conditional change to an image: applied only while its status is in `expect`. */
+export interface ImageChange {
+  expect?: readonly ImageStatus[];
+  status?: ImageStatus;
+  patch?: ImagePatch;
+}
+
+/** A conditional change to a task: applied only while its state is in `expect`. */
+export interface TaskChange {
+  expect?: readonly TaskState[];
+  state?: TaskState;
+  patch?: TaskPatch;
+}
+
+/**
+ * The persistence contract for images and tasks. Every change is one atomic
+ * conditional update, so several service processes can share one database: of two
+ * racing changes, exactly one wins and the other gets FAILED_PRECONDITION.
+ * Every task change is also kept as a numbered snapshot, so watchers in any process
+ * can replay changes in order.
+ */
+export interface Repository {
+  /** Creates indexes and tables; safe to call on every start. */
+  init(): Promise<void>;
+  close(): Promise<void>;
+  /** Throws UNAVAILABLE when the database cannot be reached. */
+  ping(): Promise<void>;
+
+  insertImage(image: ImageRecord): Promise<void>;
+  findImage(id: string): Promise<ImageRecord | undefined>;
+  listImages(request: PageRequest<ImageFilter>): Promise<Page<ImageRecord>>;
+  updateImage(id: string, change: ImageChange): Promise<ImageRecord>;
+
+  insertTask(task: TaskRecord): Promise<void>;
+  findTask(id: string): Promise<TaskRecord | undefined>;
+  listTasks(request: PageRequest<TaskFilter>): Promise<Page<TaskRecord>>;
+  updateTask(id: string, change: TaskChange): Promise<TaskRecord>;
+  /** Snapshots of the task after each change with a version above `afterVersion`, oldest first. */
+  listTaskChanges(id: string, afterVersion: number, limit?: number): Promise<TaskRecord[]>;
+}
+
+const allImageStatuses: ImageStatus[] = ["queued", "uploading", "importing", "active", "killed", "deleted"];
+const allTaskStates: TaskState[] = ["pending", "running", "succeeded", "failed", "canceled"];
+
+/**
+ * The statuses an image change may start from: those the caller expects, narrowed to
+ * those the state machine allows. Plain patches never touch deleted images.
+ */
+export function imageChangeSources(change: ImageChange): ImageStatus[] {
+  const expected = change.expect ?? allImageStatuses.filter((s) => s !== "deleted");
+  if (change.status === undefined) return [...expected];
+  const allowed = imagePredecessors(change.status);
+  return expected.filter((s) => allowed.includes(s) || s === change.status);
+}
+
+/** Like imageChangeSources, for tasks; terminal tasks never change. */
+export function taskChangeSources(change: TaskChange): TaskState[] {
+  const expected = change.expect ?? allTaskStates.filter((s) => !isTerminal(s));
+  if (change.state === undefined) return expected.filter((s) => !isTerminal(s));
+  const allowed = taskPredecessors(change.state);
+  return expected.filter((s) => allowed.includes(s));
+}
+
+/** The fields a task change writes, besides the version increment. */
+export function taskChangeFields(change: TaskChange, now: number): Partial<TaskRecord> {
+  const fields: Partial<TaskRecord> = { ...change.patch, updateTime: now };
+  if (change.state !== undefined) {
+    fields.state = change.state;
+    if (isTerminal(change.state)) fields.finishTime = now;
+  }
+  return fields;
+}
+
+/** Why a conditional change found nothing to update: the record is gone, or in another state. */
+export function refusal(kind: "image" | "task", id: string, current: string | undefined, target?: string) {
+  if (current === undefined) return notFound(kind, id);
+  const wanted = target === undefined ? "be changed" : `become ${target.toUpperCase()}`;
+  return failedPrecondition(`${kind} ${id} is ${current.toUpperCase()} and cannot ${wanted}`);
+}

@@ -1,0 +1,224 @@
+/**
+ * The plugin API: everything a store or converter plugin may rely on. Third parties
+ * import it as "imagetransfer/plugin-api"; nothing else in the host is public.
+ *
+ * A plugin is a folder with a package.json whose "imageTransfer" key declares
+ * `{ "kind": "store" | "converter", "apiVersion": "1.0", "entry": "./index.js" }`; the entry
+ * module's default export is a definition made with {@link defineStorePlugin} or
+ * {@link defineConverterPlugin}.
+ */
+import type { Readable } from "node:stream";
+
+/**
+ * The version of this contract. The host loads plugins of the same major version and
+ * an equal or lower minor version.
+ */
+export const PLUGIN_API_VERSION = "1.0";
+
+/** What a store can do; the host never calls what a store does not advertise. */
+export interface StoreCapabilities {
+  readRanges: boolean;
+  write: boolean;
+  delete: boolean;
+  list: boolean;
+  presignGet: boolean;
+  presignPut: boolean;
+  /** Largest object the store accepts, in bytes; 0 means no limit. */
+  maxObjectSize: number;
+}
+
+/** One stored object. Keys are relative to the store instance, without a leading slash. */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  modifiedTime?: Date;
+}
+
+/** A byte range: `length` omitted means to the end of the object. */
+export interface ByteRange {
+  offset: number;
+  length?: number;
+}
+
+export interface CallOptions {
+  /** Aborting it must stop the call promptly and leave nothing half-written. */
+  signal?: AbortSignal;
+}
+
+export interface ReadOptions extends CallOptions {
+  range?: ByteRange;
+}
+
+export interface ListOptions extends CallOptions {
+  prefix?: string;
+  pageSize?: number;
+  pageToken?: string;
+}
+
+export interface ObjectPage {
+  objects: ObjectInfo[];
+  /** Set when more objects follow. */
+  nextPageToken?: string;
+}
+
+export interface PresignOptions {
+  method: "GET" | "PUT";
+  expiresInSeconds: number;
+}
+
+export interface PresignedUrl {
+  url: string;
+  expireTime: Date;
+}
+
+/** One configured store, opened by a store plugin. */
+export interface StoreInstance {
+  /** The object's size and time, or undefined when it does not exist. */
+  stat(key: string, options?: CallOptions): Promise<ObjectInfo | undefined>;
+  /** A stream of the object's bytes (or of `range`); rejects with StoreError "not-found". */
+  read(key: string, options?: ReadOptions): Promise<Readable>;
+  /**
+   * Writes `source` to `key`. Atomic: the object becomes visible only once every byte is
+   * stored, and a failed or aborted write leaves no object behind.
+   */
+  write(key: string, source: AsyncIterable<Uint8Array>, options?: CallOptions): Promise<ObjectInfo>;
+  /** Removes the object; removing a missing object succeeds. */
+  delete(key: string, options?: CallOptions): Promise<void>;
+  list(options?: ListOptions): Promise<ObjectPage>;
+  /** A temporary URL; only for stores advertising presignGet or presignPut. */
+  presign?(key: string, options: PresignOptions): Promise<PresignedUrl>;
+  close?(): Promise<void>;
+}
+
+/** The configuration of one store instance, from the service's config file. */
+export interface StoreConfig {
+  /** The instance name, the host part of its seed URIs (file://NAME/KEY). */
+  name: string;
+  region: string;
+  /** Plugin-specific options, as written in the config file. */
+  options: Record<string, unknown>;
+  /** The service's data directory, for plugins that keep local state. */
+  dataDir: string;
+}
+
+/** What a store plugin provides. */
+export interface StoreDriver {
+  /** URI schemes served, lower case, e.g. ["file"]. */
+  schemes: string[];
+  capabilities: StoreCapabilities;
+  /** Opens one configured instance; throws StoreError "invalid" for bad options. */
+  open(config: StoreConfig): Promise<StoreInstance> | StoreInstance;
+}
+
+/** A disk format name as the API spells it in lower case: raw, qcow2, vmdk, vhd, vhdx, vdi, iso. */
+export type FormatName = string;
+
+export interface ConversionJob extends CallOptions {
+  from: FormatName;
+  to: FormatName;
+  /** A local file holding the source image. */
+  inputPath: string;
+  /** Where to write the converted image; the host removes it if the job fails. */
+  outputPath: string;
+  /** Called with bytes (or an estimate) done so far. */
+  onProgress?(done: number, total: number): void;
+}
+
+/** What a converter plugin provides. */
+export interface ConverterDriver {
+  conversions: Array<{ from: FormatName; to: FormatName }>;
+  convert(job: ConversionJob): Promise<void>;
+}
+
+/** Where a plugin's log lines go; they carry the plugin's id. */
+export interface PluginLogger {
+  info(message: string, fields?: Record<string, unknown>): void;
+  warn(message: string, fields?: Record<string, unknown>): void;
+  error(message: string, fields?: Record<string, unknown>): void;
+}
+
+/**
+ * What the host hands a plugin while it registers: a narrow view, not the container.
+ * Registering a scheme that another plugin already serves throws.
+ */
+export interface RegistrationContext {
+  readonly pluginId: string;
+  readonly hostApiVersion: string;
+  readonly logger: PluginLogger;
+  registerStore(driver: StoreDriver): void;
+  registerConverter(driver: ConverterDriver): void;
+}
+
+const brand = Symbol.for("imagetransfer.plugin");
+
+interface PluginBase {
+  readonly [brand]: true;
+  readonly apiVersion: string;
+  /** Called once at start-up; throwing marks the plugin failed and the host skips it. */
+  register(context: RegistrationContext): Promise<void>;
+}
+
+export interface StorePluginDefinition extends PluginBase {
+  readonly kind: "store";
+}
+
+export interface ConverterPluginDefinition extends PluginBase {
+  readonly kind: "converter";
+}
+
+export type PluginDefinition = StorePluginDefinition | ConverterPluginDefinition;
+
+/** Optional hook run before the driver is registered, e.g. to check that a tool is installed. */
+type Setup = { setup?(context: RegistrationContext): Promise<void> | void };
+
+/** Declares a store plugin; the result is the plugin entry module's default export. */
+export function defineStorePlugin(driver: StoreDriver & Setup): StorePluginDefinition {
+  return {
+    [brand]: true,
+    kind: "store",
+    apiVersion: PLUGIN_API_VERSION,
+    async register(context) {
+      await driver.setup?.(context);
+      context.registerStore(driver);
+    },
+  };
+}
+
+/** Declares a converter plugin; the result is the plugin entry module's default export. */
+export function defineConverterPlugin(driver: ConverterDriver & Setup): ConverterPluginDefinition {
+  return {
+    [brand]: true,
+    kind: "converter",
+    apiVersion: PLUGIN_API_VERSION,
+    async register(context) {
+      await driver.setup?.(context);
+      context.registerConverter(driver);
+    },
+  };
+}
+
+/** True for values made by defineStorePlugin or defineConverterPlugin, from any copy of this module. */
+export function isPluginDefinition(value: unknown): value is PluginDefinition {
+  return typeof value === "object" && value !== null && (value as Record<symbol, unknown>)[brand] === true;
+}
+
+export type StoreErrorKind = "not-found" | "already-exists" | "unavailable" | "permission" | "invalid";
+
+/**
+ * The error store plugins throw; the host maps `kind` to task reason codes and gRPC
+ * statuses. Test with {@link isStoreError}, which works across module copies.
+ */
+export class StoreError extends Error {
+  override readonly name = "StoreError";
+  constructor(
+    readonly kind: StoreErrorKind,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export function isStoreError(err: unknown): err is StoreError {
+  return err instanceof Error && err.name === "StoreError" && typeof (err as StoreError).kind === "string";
+}

@@ -1,0 +1,52 @@
+import type { ConverterDriver, StoreDriver } from "./plugin-api.js";
+
+export type PluginKind = "store" | "converter";
+
+/** What the host found in one plugin folder, loaded or not; AdminService.ListPlugins shows it. */
+export interface PluginReport {
+  id: string;
+  kind?: PluginKind;
+  version: string;
+  apiVersion: string;
+  path: string;
+  state: "loaded" | "failed";
+  error?: string;
+}
+
+/** The drivers that loaded plugins registered, and a report on every plugin found. */
+export class PluginRegistry {
+  readonly reports: PluginReport[] = [];
+  private readonly stores = new Map<string, { pluginId: string; driver: StoreDriver }>();
+  private readonly converters: Array<{ pluginId: string; driver: ConverterDriver }> = [];
+
+  report(report: PluginReport): void {
+    this.reports.push(report);
+  }
+
+  /** Throws when another plugin already serves one of the driver's schemes. */
+  addStore(pluginId: string, driver: StoreDriver): void {
+    for (const scheme of driver.schemes) {
+      const owner = this.stores.get(scheme);
+      if (owner) throw new Error(`URI scheme "${scheme}" is already served by plugin ${owner.pluginId}`);
+    }
+    for (const scheme of driver.schemes) this.stores.set(scheme, { pluginId, driver });
+  }
+
+  addConverter(pluginId: string, driver: ConverterDriver): void {
+    this.converters.push({ pluginId, driver });
+  }
+
+  /** The store driver a plugin registered, by plugin id or by its name without an npm scope. */
+  storeDriverOf(plugin: string): { pluginId: string; driver: StoreDriver } | undefined {
+    return [...this.stores.values()].find((s) => s.pluginId === plugin || s.pluginId.replace(/^@[^/]+\//, "") === plugin);
+  }
+
+  storeDriverForScheme(scheme: string): StoreDriver | undefined {
+    return this.stores.get(scheme)?.driver;
+  }
+
+  /** The first converter that handles the pair, in load order. */
+  converterFor(from: string, to: string): ConverterDriver | undefined {
+    return this.converters.find(({ driver }) => driver.conversions.some((c) => c.from === from && c.to === to))?.driver;
+  }
+}

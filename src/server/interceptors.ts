@@ -1,0 +1,41 @@
+import type { Interceptor } from "@connectrpc/connect";
+import type { Logger } from "pino";
+import { toConnectError } from "./errors.js";
+
+/**
+ * Maps every error an RPC raises, including those raised while a server stream is
+ * being sent, to a proper status, and logs one line per call.
+ */
+export function errorsAndLogging(logger: Logger): Interceptor {
+  return (next) => async (req) => {
+    const started = performance.now();
+    const procedure = req.url.slice(req.url.lastIndexOf("/", req.url.lastIndexOf("/") - 1) + 1);
+    const finish = (code: string) =>
+      logger.debug({ procedure, code, durationMs: Math.round(performance.now() - started) }, "rpc");
+    try {
+      const res = await next(req);
+      if (!res.stream) {
+        finish("ok");
+        return res;
+      }
+      const messages = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* messages;
+            finish("ok");
+          } catch (err) {
+            const mapped = toConnectError(err, logger, procedure);
+            finish(mapped.code.toString());
+            throw mapped;
+          }
+        })(),
+      };
+    } catch (err) {
+      const mapped = toConnectError(err, logger, procedure);
+      finish(mapped.code.toString());
+      throw mapped;
+    }
+  };
+}

@@ -1,0 +1,143 @@
+import "reflect-metadata";
+import type { ConnectRouter } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Logger } from "pino";
+import { container as rootContainer, type DependencyContainer } from "tsyringe";
+import type { Config } from "./config/config.js";
+import { closeStores, openStores } from "./core/stores.js";
+import { TaskHub } from "./core/task-hub.js";
+import { file_grpc_health_v1_health, Health } from "./gen/grpc/health/v1/health_pb.js";
+import { file_grpc_reflection_v1_reflection, ServerReflection } from "./gen/grpc/reflection/v1/reflection_pb.js";
+import { AdminService, file_imagetransfer_v1_admin } from "./gen/imagetransfer/v1/admin_pb.js";
+import { file_imagetransfer_v1_image, ImageService } from "./gen/imagetransfer/v1/image_pb.js";
+import { file_imagetransfer_v1_task, TaskService } from "./gen/imagetransfer/v1/task_pb.js";
+import { file_imagetransfer_v1_transfer, TransferService } from "./gen/imagetransfer/v1/transfer_pb.js";
+import { MongoRepository } from "./persistence/mongo/mongo-repository.js";
+import { SqliteRepository } from "./persistence/embedded/sqlite-repository.js";
+import type { Repository } from "./persistence/repository.js";
+import { builtInPluginsDir, loadPlugins } from "./plugins/loader.js";
+import { PluginRegistry } from "./plugins/registry.js";
+import { createHealthService } from "./server/health.js";
+import { errorsAndLogging } from "./server/interceptors.js";
+import { listen, type Listener } from "./server/listener.js";
+import { createReflectionService } from "./server/reflection.js";
+import { AdminServiceImpl } from "./services/admin-service.js";
+import { ImageServiceImpl } from "./services/image-service.js";
+import { TaskServiceImpl } from "./services/task-service.js";
+import { Tokens } from "./tokens.js";
+
+const apiServices = [ImageService, TransferService, TaskService, AdminService];
+const serviceNames = [...apiServices, Health, ServerReflection].map((s) => s.typeName);
+const protoFiles = [
+  file_imagetransfer_v1_image,
+  file_imagetransfer_v1_transfer,
+  file_imagetransfer_v1_task,
+  file_imagetransfer_v1_admin,
+  file_grpc_health_v1_health,
+  file_grpc_reflection_v1_reflection,
+];
+
+/** The assembled service, not yet listening. */
+export interface Service {
+  container: DependencyContainer;
+  routes: (router: ConnectRouter) => void;
+  handler: ReturnType<typeof connectNodeAdapter>;
+  close(): Promise<void>;
+}
+
+/**
+ * Assembles the service in a child container of its own: database, plugins, stores,
+ * then the RPC handler. Nothing listens yet; see startService.
+ */
+export async function buildService(config: Config, logger: Logger): Promise<Service> {
+  const container = rootContainer.createChildContainer();
+  const repository: Repository = config.mongodbUri
+    ? new MongoRepository({ uri: config.mongodbUri })
+    : new SqliteRepository(config.dataDir);
+  await initRepository(repository, logger);
+
+  const plugins = new PluginRegistry();
+  await loadPlugins([builtInPluginsDir, ...config.pluginsDirs], plugins, logger);
+  const stores = await openStores(config.stores, { region: config.region, dataDir: config.dataDir, plugins, logger });
+
+  container.register(Tokens.Config, { useValue: config });
+  container.register(Tokens.Logger, { useValue: logger });
+  container.register(Tokens.Repository, { useValue: repository });
+  container.register(Tokens.Plugins, { useValue: plugins });
+  container.register(Tokens.Stores, { useValue: stores });
+  container.registerSingleton(TaskHub);
+
+  const routes = (router: ConnectRouter) => {
+    router.service(ImageService, container.resolve(ImageServiceImpl));
+    // Upload, import, export and download arrive with the data plane; until then each answers UNIMPLEMENTED.
+    router.service(TransferService, {});
+    router.service(TaskService, container.resolve(TaskServiceImpl));
+    router.service(AdminService, container.resolve(AdminServiceImpl));
+    router.service(Health, createHealthService(serviceNames, () => repository.ping()));
+    router.service(ServerReflection, createReflectionService(protoFiles, serviceNames));
+  };
+  const handler = connectNodeAdapter({
+    routes,
+    interceptors: [errorsAndLogging(logger)],
+    // Image bytes do not compress; gzip would only cost CPU (grpc-js always offers it).
+    acceptCompression: [],
+    readMaxBytes: config.maxMessageBytes,
+  });
+  return {
+    container,
+    routes,
+    handler,
+    async close() {
+      await closeStores(stores);
+      await repository.close();
+      await container.dispose();
+    },
+  };
+}
+
+export interface RunningService extends Service {
+  listener: Listener;
+}
+
+/** Builds the service and listens on the configured address. */
+export async function startService(config: Config, logger: Logger): Promise<RunningService> {
+  const service = await buildService(config, logger);
+  let listener: Listener;
+  try {
+    listener = await listen(service.handler, { address: config.listen, tls: config.tls });
+  } catch (err) {
+    await service.close();
+    throw err;
+  }
+  logger.info({ url: listener.url, database: config.mongodbUri ? "mongodb" : "embedded" }, "imagetransfer listening");
+  return {
+    ...service,
+    listener,
+    async close() {
+      await listener.close();
+      await service.close();
+    },
+  };
+}
+
+/**
+ * An unreachable MongoDB does not stop start-up: the server answers UNAVAILABLE and
+ * reports NOT_SERVING until the database is back, and indexes are created then.
+ */
+async function initRepository(repository: Repository, logger: Logger): Promise<void> {
+  try {
+    await repository.init();
+  } catch (err) {
+    logger.warn({ err: String(err) }, "database not ready; retrying in the background");
+    const retry = setInterval(() => {
+      repository.init().then(
+        () => {
+          clearInterval(retry);
+          logger.info("database ready");
+        },
+        () => undefined,
+      );
+    }, 5_000);
+    retry.unref();
+  }
+}

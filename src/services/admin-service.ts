@@ -1,0 +1,24 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import { inject, injectable } from "tsyringe";
+import type { ConfiguredStore } from "../core/stores.js";
+import type { AdminService } from "../gen/imagetransfer/v1/admin_pb.js";
+import type { PluginRegistry } from "../plugins/registry.js";
+import { Tokens } from "../tokens.js";
+import { pluginToProto, storeToProto } from "./convert.js";
+
+/** What operators need to see of the deployment: stores and plugins, including failures. */
+@injectable()
+export class AdminServiceImpl implements ServiceImpl<typeof AdminService> {
+  constructor(
+    @inject(Tokens.Stores) private readonly stores: ConfiguredStore[],
+    @inject(Tokens.Plugins) private readonly plugins: PluginRegistry,
+  ) {}
+
+  async listStores() {
+    return { stores: this.stores.map(storeToProto) };
+  }
+
+  async listPlugins() {
+    return { plugins: this.plugins.reports.map(pluginToProto) };
+  }
+}

@@ -1,0 +1,66 @@
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { inject, injectable } from "tsyringe";
+import { notFound } from "../core/errors.js";
+import { parseId } from "../core/ids.js";
+import { decodePageToken, encodePageToken, parsePageSize } from "../core/paging.js";
+import { TaskHub } from "../core/task-hub.js";
+import type { TaskFilter, TaskRecord } from "../core/task.js";
+import type { TaskService } from "../gen/imagetransfer/v1/task_pb.js";
+import type * as pb from "../gen/imagetransfer/v1/task_pb.js";
+import type { Repository } from "../persistence/repository.js";
+import { Tokens } from "../tokens.js";
+import { taskState, taskToProto, taskType } from "./convert.js";
+import { principalOf } from "./principal.js";
+
+/** Reports and controls tasks; the work itself is done by the task runner. */
+@injectable()
+export class TaskServiceImpl implements ServiceImpl<typeof TaskService> {
+  constructor(
+    @inject(Tokens.Repository) private readonly repository: Repository,
+    @inject(TaskHub) private readonly hub: TaskHub,
+  ) {}
+
+  async getTask(req: pb.GetTaskRequest, ctx: HandlerContext) {
+    return { task: taskToProto(await this.visibleTask(req.id, ctx)) };
+  }
+
+  async listTasks(req: pb.ListTasksRequest, ctx: HandlerContext) {
+    const filter: TaskFilter = {
+      owner: principalOf(ctx).project,
+      state: taskState.fromProto(req.state, "state"),
+      type: taskType.fromProto(req.type, "type"),
+      imageId: req.imageId === "" ? undefined : parseId("image_id", req.imageId),
+    };
+    const limit = parsePageSize(req.pageSize);
+    const page = await this.repository.listTasks({ filter, limit, after: decodePageToken(req.pageToken, filter) });
+    return {
+      tasks: page.items.map(taskToProto),
+      nextPageToken: page.next ? encodePageToken(page.next, filter) : "",
+    };
+  }
+
+  async *watchTask(req: pb.WatchTaskRequest, ctx: HandlerContext) {
+    const task = await this.visibleTask(req.id, ctx);
+    // The hub ends the stream at a terminal state; ctx.signal ends it when the client hangs up.
+    for await (const snapshot of this.hub.watch(task.id, ctx.signal)) {
+      yield { task: taskToProto(snapshot) };
+    }
+  }
+
+  /** A pending task is canceled at once; a running one is canceled and its worker stops on its next write. */
+  async cancelTask(req: pb.CancelTaskRequest, ctx: HandlerContext) {
+    const task = await this.visibleTask(req.id, ctx);
+    const canceled = await this.hub.change(task.id, {
+      state: "canceled",
+      patch: { error: { reason: "CANCELED", message: `canceled by ${principalOf(ctx).subject}` } },
+    });
+    return { task: taskToProto(canceled) };
+  }
+
+  private async visibleTask(rawId: string, ctx: HandlerContext): Promise<TaskRecord> {
+    const id = parseId("id", rawId);
+    const task = await this.repository.findTask(id);
+    if (!task || task.owner !== principalOf(ctx).project) throw notFound("task", id);
+    return task;
+  }
+}

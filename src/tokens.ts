@@ -1,0 +1,19 @@
+import type { InjectionToken } from "tsyringe";
+import type { Logger } from "pino";
+import type { Config } from "./config/config.js";
+import type { ConfiguredStore } from "./core/stores.js";
+import type { PluginRegistry } from "./plugins/registry.js";
+import type { Repository } from "./persistence/repository.js";
+
+/**
+ * Every injection token in one place. Each constructor parameter names its token with
+ * @inject, so resolution never depends on emitted decorator metadata (esbuild and tsx
+ * do not emit it).
+ */
+export const Tokens = {
+  Config: Symbol("Config") as InjectionToken<Config>,
+  Logger: Symbol("Logger") as InjectionToken<Logger>,
+  Repository: Symbol("Repository") as InjectionToken<Repository>,
+  Plugins: Symbol("PluginRegistry") as InjectionToken<PluginRegistry>,
+  Stores: Symbol("Stores") as InjectionToken<ConfiguredStore[]>,
+} as const;
