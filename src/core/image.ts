@@ -28,6 +28,8 @@ export interface ImageRecord {
   properties: Record<string, string>;
   createTime: number;
   updateTime: number;
+  /** Grows by one with every change. */
+  version: number;
 }
 
 export interface ImageFilter {
@@ -38,7 +40,7 @@ export interface ImageFilter {
 }
 
 /** The fields an update may set; status changes go through the state machine below. */
-export type ImagePatch = Partial<Omit<ImageRecord, "id" | "owner" | "createTime" | "updateTime">>;
+export type ImagePatch = Partial<Omit<ImageRecord, "id" | "owner" | "status" | "createTime" | "updateTime" | "version">>;
 
 const imageTransitions: Record<ImageStatus, readonly ImageStatus[]> = {
   queued: ["uploading", "importing", "killed", "deleted"],
@@ -76,5 +78,6 @@ export function newImageRecord(fields: Pick<ImageRecord, "id" | "owner"> & Parti
     ...fields,
     createTime: now,
     updateTime: now,
+    version: 1,
   };
 }

@@ -89,6 +89,7 @@ export class SqliteRepository implements Repository {
         ...change.patch,
         status: change.status ?? current.status,
         updateTime: Math.max(Date.now(), current.updateTime),
+        version: current.version + 1,
       };
       this.db
         .prepare("UPDATE images SET status = ?, name = ?, doc = ? WHERE id = ?")

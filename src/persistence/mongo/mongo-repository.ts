@@ -24,7 +24,11 @@ import {
 
 type ImageDoc = ImageRecord & { _id: string };
 type TaskDoc = TaskRecord & { _id: string };
-type TaskChangeDoc = { _id: string; taskId: string; version: number; task: TaskRecord };
+/** A committed change: the record's snapshot at `version`, keyed "ID/VERSION". */
+type ChangeDoc<T> = { _id: string; recordId: string; version: number; record: T };
+
+/** How often a change retries after losing a race to a change that was then refused or applied. */
+const MAX_CHANGE_ATTEMPTS = 20;
 
 export interface MongoRepositoryOptions {
   uri: string;
@@ -41,7 +45,8 @@ export class MongoRepository implements Repository {
   private readonly db: Db;
   private readonly images: Collection<ImageDoc>;
   private readonly tasks: Collection<TaskDoc>;
-  private readonly taskChanges: Collection<TaskChangeDoc>;
+  private readonly imageChanges: Collection<ChangeDoc<ImageRecord>>;
+  private readonly taskChanges: Collection<ChangeDoc<TaskRecord>>;
 
   constructor(options: MongoRepositoryOptions) {
     this.client = new MongoClient(options.uri, {
@@ -52,6 +57,7 @@ export class MongoRepository implements Repository {
     this.db = this.client.db(new URL(options.uri.replace(/^mongodb(\+srv)?:/, "http:")).pathname.slice(1) || "imagetransfer");
     this.images = this.db.collection("images");
     this.tasks = this.db.collection("tasks");
+    this.imageChanges = this.db.collection("image_changes");
     this.taskChanges = this.db.collection("task_changes");
   }
 
@@ -62,7 +68,7 @@ export class MongoRepository implements Repository {
       await this.tasks.createIndex({ createTime: 1, _id: 1 });
       await this.tasks.createIndex({ state: 1, createTime: 1 });
       await this.tasks.createIndex({ imageId: 1 });
-      await this.taskChanges.createIndex({ taskId: 1, version: 1 }, { unique: true });
+      await this.taskChanges.createIndex({ recordId: 1, version: 1 });
     });
   }
 
@@ -92,23 +98,24 @@ export class MongoRepository implements Repository {
 
   async updateImage(id: string, change: ImageChange): Promise<ImageRecord> {
     const sources = imageChangeSources(change);
-    return guard(async () => {
-      const set: Partial<ImageRecord> = { ...change.patch, updateTime: Date.now() };
-      if (change.status !== undefined) set.status = change.status;
-      const updated = await this.images.findOneAndUpdate(
-        { _id: id, status: { $in: sources } },
-        { $set: set },
-        { returnDocument: "after" },
-      );
-      if (updated) return strip(updated)!;
-      throw refusal("image", id, (await this.images.findOne({ _id: id }))?.status, change.status);
-    });
+    return guard(() =>
+      commitChange(this.images, this.imageChanges, id, (current) => {
+        if (!current || !sources.includes(current.status)) throw refusal("image", id, current?.status, change.status);
+        return {
+          ...current,
+          ...change.patch,
+          status: change.status ?? current.status,
+          updateTime: Math.max(Date.now(), current.updateTime),
+          version: current.version + 1,
+        };
+      }),
+    );
   }
 
   async insertTask(task: TaskRecord): Promise<void> {
     await guard(async () => {
       await this.tasks.insertOne({ _id: task.id, ...task });
-      await this.recordChange(task);
+      await this.taskChanges.insertOne({ _id: `${task.id}/${task.version}`, recordId: task.id, version: task.version, record: task });
     });
   }
 
@@ -127,37 +134,81 @@ export class MongoRepository implements Repository {
 
   async updateTask(id: string, change: TaskChange): Promise<TaskRecord> {
     const sources = taskChangeSources(change);
-    return guard(async () => {
-      const updated = await this.tasks.findOneAndUpdate(
-        { _id: id, state: { $in: sources } },
-        { $set: taskChangeFields(change, Date.now()), $inc: { version: 1 } },
-        { returnDocument: "after" },
-      );
-      if (!updated) throw refusal("task", id, (await this.tasks.findOne({ _id: id }))?.state, change.state);
-      const task = strip(updated)!;
-      await this.recordChange(task);
-      return task;
-    });
+    return guard(() =>
+      commitChange(this.tasks, this.taskChanges, id, (current) => {
+        if (!current || !sources.includes(current.state)) throw refusal("task", id, current?.state, change.state);
+        return {
+          ...current,
+          ...taskChangeFields(change, Math.max(Date.now(), current.updateTime)),
+          version: current.version + 1,
+        };
+      }),
+    );
   }
 
   async listTaskChanges(id: string, afterVersion: number, limit = 1000): Promise<TaskRecord[]> {
     return guard(async () => {
       const docs = await this.taskChanges
-        .find({ taskId: id, version: { $gt: afterVersion } })
+        .find({ recordId: id, version: { $gt: afterVersion } })
         .sort({ version: 1 })
         .limit(limit)
         .toArray();
-      return docs.map((d) => d.task);
+      return docs.map((d) => d.record);
     });
   }
+}
 
-  /**
-   * Kept after the task update, not in one transaction (FerretDB 1.x has none): if this
-   * write is lost, watchers fall back to the task document itself.
-   */
-  private async recordChange(task: TaskRecord): Promise<void> {
-    await this.taskChanges.insertOne({ _id: `${task.id}/${task.version}`, taskId: task.id, version: task.version, task });
+/**
+ * One conditional change, atomic on any MongoDB-wire server. The commit point is the
+ * insert of the change record "ID/VERSION+1", whose unique _id lets exactly one of any
+ * number of racing writers win; the record is then applied to the document. This holds
+ * even where findOneAndUpdate does not re-check its filter atomically (FerretDB 1.x
+ * with SQLite, seen in the repository contract's race tests). A change committed but
+ * not applied (a crash in between) is rolled forward by the next writer.
+ */
+async function commitChange<T extends { id: string; version: number }>(
+  records: Collection<T & { _id: string }>,
+  changes: Collection<ChangeDoc<T>>,
+  id: string,
+  next: (current: T | undefined) => T,
+): Promise<T> {
+  for (let attempt = 0; attempt < MAX_CHANGE_ATTEMPTS; attempt++) {
+    const current = strip(await records.findOne({ _id: id } as Filter<T & { _id: string }>)) as T | undefined;
+    let updated: T;
+    try {
+      updated = next(current);
+    } catch (refused) {
+      // The refusal may rest on a stale document: apply a pending committed change first.
+      const pending = current && (await changes.findOne({ _id: `${id}/${current.version + 1}` }));
+      if (!pending) throw refused;
+      await apply(records, pending.record);
+      continue;
+    }
+    try {
+      await changes.insertOne({ _id: `${id}/${updated.version}`, recordId: id, version: updated.version, record: updated } as never);
+    } catch (err) {
+      if (!isDuplicateKey(err)) throw err;
+      // Another writer committed this version first: make sure it is applied, then look again.
+      const winner = await changes.findOne({ _id: `${id}/${updated.version}` });
+      if (winner) await apply(records, winner.record);
+      continue;
+    }
+    await apply(records, updated);
+    return updated;
   }
+  throw unavailable(`too many concurrent changes to ${id}; try again`);
+}
+
+/** Writes a committed snapshot over the version before it; a no-op once applied. */
+async function apply<T extends { id: string; version: number }>(records: Collection<T & { _id: string }>, record: T) {
+  await records.replaceOne({ _id: record.id, version: record.version - 1 } as Filter<T & { _id: string }>, {
+    _id: record.id,
+    ...record,
+  } as T & { _id: string });
+}
+
+function isDuplicateKey(err: unknown): boolean {
+  return typeof err === "object" && err !== null && (err as { code?: unknown }).code === 11000;
 }
 
 function strip<T extends { _id: string }>(doc: T | null): Omit<T, "_id"> | undefined {

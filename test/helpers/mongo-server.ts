@@ -1,0 +1,267 @@
+// Starts a throwaway MongoDB-wire server for tests: $MONGODB_URI, else mongod from PATH,
+// else FerretDB (SQLite backend) built by scripts/ferretdb.sh.
+import { spawn, type ChildProcess, type SpawnOptions } from "node:child_process";
+import { constants as fsConstants } from "node:fs";
+import { access, mkdir, mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { delimiter, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { MongoClient } from "mongodb";
+
+export interface MongoServer {
+  /** Like mongodb://127.0.0.1:PORT/ */
+  uri: string;
+  /** Stops the server and removes its data; safe to call more than once. */
+  stop(): Promise<void>;
+}
+
+const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
+const ferretdbScript = join(repoRoot, "scripts", "ferretdb.sh");
+
+const readyTimeoutMs = 30_000;
+const killGraceMs = 5_000;
+const logTailBytes = 4_000;
+// A port picked by freePort() can be taken by someone else before the server binds it.
+const maxStartAttempts = 3;
+
+export async function startMongoServer(): Promise<MongoServer> {
+  const external = process.env.MONGODB_URI;
+  if (external) {
+    return { uri: external, stop: async () => {} };
+  }
+
+  const mongod = await findOnPath("mongod");
+  if (mongod) {
+    return startWithRetry("mongod", (dir, port) => ({
+      bin: mongod,
+      args: [
+        "--dbpath", dir, "--bind_ip", "127.0.0.1", "--port", String(port),
+        "--nounixsocket", "--quiet",
+      ],
+      env: process.env,
+      setup: async () => {},
+    }));
+  }
+
+  const ferretdb = await buildFerretdb();
+  return startWithRetry("ferretdb", (dir, port) => ({
+    bin: ferretdb,
+    args: [
+      "--handler=sqlite",
+      `--sqlite-url=file:${join(dir, "data")}/`,
+      `--state-dir=${dir}`,
+      `--listen-addr=127.0.0.1:${port}`,
+      // "-" disables the metrics/pprof HTTP listener, which otherwise claims port 8088.
+      "--debug-addr=-",
+      "--telemetry=disable",
+    ],
+    env: ferretdbEnv(),
+    // FerretDB does not create the SQLite directory itself.
+    setup: () => mkdir(join(dir, "data")),
+  }));
+}
+
+interface LaunchSpec {
+  bin: string;
+  args: string[];
+  env: NodeJS.ProcessEnv;
+  setup(): Promise<unknown>;
+}
+
+async function startWithRetry(
+  name: string,
+  spec: (dir: string, port: number) => LaunchSpec,
+): Promise<MongoServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await launch(name, spec);
+    } catch (err) {
+      if (!(err instanceof EarlyExitError) || attempt >= maxStartAttempts) throw err;
+    }
+  }
+}
+
+class EarlyExitError extends Error {}
+
+async function launch(
+  name: string,
+  specFor: (dir: string, port: number) => LaunchSpec,
+): Promise<MongoServer> {
+  const dir = await mkdtemp(join(tmpdir(), `itx-${name}-`));
+  const logPath = join(dir, `${name}.log`);
+  let port: number;
+  let proc: TrackedProcess;
+  try {
+    port = await freePort();
+    const spec = specFor(dir, port);
+    await spec.setup();
+    // The child writes straight to the file so server logs stay out of the test output.
+    const log = await open(logPath, "w");
+    try {
+      proc = spawnTracked(spec.bin, spec.args, { cwd: dir, env: spec.env, stdio: ["ignore", log.fd, log.fd] });
+    } finally {
+      await log.close();
+    }
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+  const { child, exited } = proc;
+
+  // Don't leave an orphaned server if the test process exits without calling stop().
+  const killOnExit = () => child.kill("SIGKILL");
+  process.once("exit", killOnExit);
+
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      process.off("exit", killOnExit);
+      if (proc.exitInfo === undefined) {
+        child.kill("SIGTERM");
+        if (!(await settlesWithin(exited, killGraceMs))) {
+          child.kill("SIGKILL");
+          await exited;
+        }
+      }
+      await rm(dir, { recursive: true, force: true });
+    })());
+
+  const uri = `mongodb://127.0.0.1:${port}/`;
+  try {
+    await waitForPing(uri, () => proc.exitInfo);
+  } catch (err) {
+    const tail = await readTail(logPath);
+    const early = proc.exitInfo !== undefined;
+    await stop();
+    const reason = err instanceof Error ? err.message : String(err);
+    const message = `${name} did not become ready on ${uri}: ${reason}\n--- ${name} log tail ---\n${tail}`;
+    throw early ? new EarlyExitError(message) : new Error(message);
+  }
+  return { uri, stop };
+}
+
+interface TrackedProcess {
+  child: ChildProcess;
+  /** Resolves once the process has exited (or failed to spawn). */
+  exited: Promise<void>;
+  /** Set once exited, e.g. "code 1" or "signal SIGTERM". */
+  exitInfo: string | undefined;
+}
+
+// Listeners are attached synchronously: a server that dies at once must not exit unobserved.
+function spawnTracked(bin: string, args: string[], options: SpawnOptions): TrackedProcess {
+  const child = spawn(bin, args, options);
+  const tracked: TrackedProcess = { child, exited: Promise.resolve(), exitInfo: undefined };
+  tracked.exited = new Promise<void>((resolve) => {
+    child.once("exit", (code, signal) => {
+      tracked.exitInfo = signal ? `signal ${signal}` : `code ${code}`;
+      resolve();
+    });
+    child.on("error", (err) => {
+      tracked.exitInfo ??= err.message;
+      resolve();
+    });
+  });
+  return tracked;
+}
+
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function waitForPing(uri: string, exitInfo: () => string | undefined): Promise<void> {
+  const deadline = Date.now() + readyTimeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    const exit = exitInfo();
+    if (exit !== undefined) throw new Error(`process exited (${exit})`);
+    const client = new MongoClient(uri, {
+      serverSelectionTimeoutMS: 1_000,
+      connectTimeoutMS: 1_000,
+      directConnection: true,
+    });
+    try {
+      await client.db("admin").command({ ping: 1 });
+      return;
+    } catch (err) {
+      lastError = err;
+    } finally {
+      await client.close().catch(() => {});
+    }
+    await sleep(100);
+  }
+  const detail = lastError instanceof Error ? lastError.message : String(lastError);
+  throw new Error(`no ping reply within ${readyTimeoutMs} ms (last error: ${detail})`);
+}
+
+/** Runs scripts/ferretdb.sh, which prints the binary path and builds it on first use. */
+function buildFerretdb(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    // stderr is inherited so a first-time build (a minute or more) shows progress.
+    const child = spawn("bash", [ferretdbScript], { stdio: ["ignore", "pipe", "inherit"] });
+    let stdout = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
+    child.once("error", reject);
+    child.once("close", (code) => {
+      const bin = stdout.trim().split("\n").pop() ?? "";
+      if (code === 0 && bin) resolve(bin);
+      else reject(new Error(`${ferretdbScript} failed (exit code ${code}); see its stderr above`));
+    });
+  });
+}
+
+function ferretdbEnv(): NodeJS.ProcessEnv {
+  // Stray FERRETDB_* variables (e.g. FERRETDB_LISTEN_UNIX) would add listeners or change the backend.
+  const env: NodeJS.ProcessEnv = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (!key.startsWith("FERRETDB_")) env[key] = value;
+  }
+  env.DO_NOT_TRACK = "1";
+  return env;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      server.close(() => (port ? resolve(port) : reject(new Error("no port assigned"))));
+    });
+  });
+}
+
+async function findOnPath(command: string): Promise<string | undefined> {
+  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
+    if (!dir) continue;
+    const candidate = join(dir, command);
+    try {
+      await access(candidate, fsConstants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+async function readTail(path: string): Promise<string> {
+  try {
+    const text = await readFile(path, "utf8");
+    return text.slice(-logTailBytes);
+  } catch {
+    return "(no log)";
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
