@@ -3,6 +3,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    setupFiles: ["test/setup.ts"],
     // Integration tests start servers and databases; two cores run two files at a time.
     maxWorkers: 2,
     testTimeout: 30_000,

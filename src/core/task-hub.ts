@@ -90,18 +90,17 @@ export class TaskHub {
     return new Promise((resolve, reject) => {
       const waiters = this.waiters.get(id) ?? new Set();
       this.waiters.set(id, waiters);
-      const done = () => {
+      const settle = (outcome: () => void) => {
         clearTimeout(timer);
         signal.removeEventListener("abort", onAbort);
-        waiters.delete(done);
+        waiters.delete(wake);
         if (waiters.size === 0) this.waiters.delete(id);
+        outcome();
       };
-      const onAbort = () => {
-        done();
-        reject(signal.reason);
-      };
-      const timer = setTimeout(() => (done(), resolve()), this.pollMs);
-      waiters.add(() => (done(), resolve()));
+      const wake = () => settle(resolve);
+      const onAbort = () => settle(() => reject(signal.reason));
+      const timer = setTimeout(wake, this.pollMs);
+      waiters.add(wake);
       if (signal.aborted) onAbort();
       else signal.addEventListener("abort", onAbort, { once: true });
     });
