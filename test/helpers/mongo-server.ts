@@ -14,6 +14,11 @@ export interface MongoServer {
   uri: string;
   /** Stops the server and removes its data; safe to call more than once. */
   stop(): Promise<void>;
+  /**
+   * Simulates an outage: kills the server (SIGKILL, data kept) and returns a function that
+   * starts it again on the same port with the same data. Not available for MONGODB_URI.
+   */
+  outage?(): Promise<() => Promise<void>>;
 }
 
 const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
@@ -91,10 +96,11 @@ async function launch(
   const dir = await mkdtemp(join(tmpdir(), `itx-${name}-`));
   const logPath = join(dir, `${name}.log`);
   let port: number;
+  let spec: LaunchSpec;
   let proc: TrackedProcess;
   try {
     port = await freePort();
-    const spec = specFor(dir, port);
+    spec = specFor(dir, port);
     await spec.setup();
     // The child writes straight to the file so server logs stay out of the test output.
     const log = await open(logPath, "w");
@@ -107,10 +113,17 @@ async function launch(
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
-  const { child, exited } = proc;
+  const respawn = async () => {
+    const log = await open(logPath, "a");
+    try {
+      proc = spawnTracked(spec.bin, spec.args, { cwd: dir, env: spec.env, stdio: ["ignore", log.fd, log.fd] });
+    } finally {
+      await log.close();
+    }
+  };
 
   // Don't leave an orphaned server if the test process exits without calling stop().
-  const killOnExit = () => child.kill("SIGKILL");
+  const killOnExit = () => proc.child.kill("SIGKILL");
   process.once("exit", killOnExit);
 
   let stopped: Promise<void> | undefined;
@@ -118,10 +131,10 @@ async function launch(
     (stopped ??= (async () => {
       process.off("exit", killOnExit);
       if (proc.exitInfo === undefined) {
-        child.kill("SIGTERM");
-        if (!(await settlesWithin(exited, killGraceMs))) {
-          child.kill("SIGKILL");
-          await exited;
+        proc.child.kill("SIGTERM");
+        if (!(await settlesWithin(proc.exited, killGraceMs))) {
+          proc.child.kill("SIGKILL");
+          await proc.exited;
         }
       }
       await rm(dir, { recursive: true, force: true });
@@ -138,7 +151,15 @@ async function launch(
     const message = `${name} did not become ready on ${uri}: ${reason}\n--- ${name} log tail ---\n${tail}`;
     throw early ? new EarlyExitError(message) : new Error(message);
   }
-  return { uri, stop };
+  const outage = async () => {
+    proc.child.kill("SIGKILL");
+    await proc.exited;
+    return async () => {
+      await respawn();
+      await waitForPing(uri, () => proc.exitInfo);
+    };
+  };
+  return { uri, stop, outage };
 }
 
 interface TrackedProcess {
