@@ -34,6 +34,9 @@ export async function listen(handler: Handler, options: { address: string; tls?:
     : http2.createServer({ settings: http2Settings }, handler);
   const h1 = http.createServer(handler as http.RequestListener);
   h1.keepAliveTimeout = 65_000;
+  // h1 never listens itself (it gets sockets from the sniffer); "listening" is what starts
+  // Node's connection tracking, which idle-connection closing and header timeouts need.
+  h1.emit("listening");
 
   const front = options.tls ? (h2 as unknown as net.Server) : net.createServer((socket) => sniff(socket, h1, h2));
   await new Promise<void>((resolve, reject) => {
@@ -60,15 +63,19 @@ export async function listen(handler: Handler, options: { address: string; tls?:
         front.close(() => resolve());
         // Idle connections go now, busy ones after their calls; streams that outlive the
         // grace period (watchers) are cut.
-        h1.closeIdleConnections();
+        h1.close();
         for (const session of sessions) session.close();
         setTimeout(() => sockets.forEach((s) => s.destroy()), 2_000).unref();
       }),
   };
 }
 
+/** A connection that sends nothing to tell its protocol by is dropped after this. */
+const SNIFF_TIMEOUT_MS = 30_000;
+
 function sniff(socket: net.Socket, h1: http.Server, h2: http2.Http2Server): void {
   let seen = Buffer.alloc(0);
+  socket.setTimeout(SNIFF_TIMEOUT_MS, () => socket.destroy());
   const onData = (chunk: Buffer) => {
     seen = Buffer.concat([seen, chunk]);
     const n = Math.min(seen.length, PREFACE.length);
@@ -76,6 +83,7 @@ function sniff(socket: net.Socket, h1: http.Server, h2: http2.Http2Server): void
     // Wait until the bytes tell the two apart (an HTTP/1 "PRI..." request line is not legal).
     if (isH2 && n < PREFACE.length) return;
     socket.off("data", onData);
+    socket.setTimeout(0);
     socket.pause();
     socket.unshift(seen);
     // Both servers take the unshifted bytes from the socket's buffer. HTTP/2 then reads
