@@ -114,6 +114,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     ...service,
     listener,
     async close() {
+      service.container.resolve(TaskHub).close();
       await listener.close();
       await service.close();
     },

@@ -41,6 +41,7 @@ export async function openStores(
     if (!found) {
       store.error = `store plugin "${entry.plugin}" is not loaded`;
     } else {
+      store.plugin = found.pluginId;
       store.schemes = [...found.driver.schemes];
       store.capabilities = found.driver.capabilities;
       try {

@@ -2,7 +2,7 @@ import { inject, injectable } from "tsyringe";
 import type { Config } from "../config/config.js";
 import type { Repository, TaskChange } from "../persistence/repository.js";
 import { Tokens } from "../tokens.js";
-import { isDomainError, notFound } from "./errors.js";
+import { isDomainError, notFound, unavailable } from "./errors.js";
 import { isTerminal, type TaskProgress, type TaskRecord } from "./task.js";
 
 /** Progress is written at most this often per task; watchers see about ten updates a second. */
@@ -19,6 +19,7 @@ export class TaskHub {
   private readonly waiters = new Map<string, Set<() => void>>();
   private readonly reporters = new Map<string, ProgressReporter>();
   private readonly pollMs: number;
+  private readonly closing = new AbortController();
 
   constructor(
     @inject(Tokens.Repository) private readonly repository: Repository,
@@ -81,6 +82,11 @@ export class TaskHub {
     }
   }
 
+  /** Ends every watch with UNAVAILABLE, so clients can tell a shutdown from a network fault and reconnect. */
+  close(): void {
+    this.closing.abort(unavailable("the server is shutting down; watch again to continue"));
+  }
+
   private wake(id: string): void {
     for (const wake of this.waiters.get(id) ?? []) wake();
   }
@@ -93,16 +99,18 @@ export class TaskHub {
       const settle = (outcome: () => void) => {
         clearTimeout(timer);
         signal.removeEventListener("abort", onAbort);
+        this.closing.signal.removeEventListener("abort", onAbort);
         waiters.delete(wake);
         if (waiters.size === 0) this.waiters.delete(id);
         outcome();
       };
       const wake = () => settle(resolve);
-      const onAbort = () => settle(() => reject(signal.reason));
+      const onAbort = () => settle(() => reject(signal.aborted ? signal.reason : this.closing.signal.reason));
       const timer = setTimeout(wake, this.pollMs);
       waiters.add(wake);
-      if (signal.aborted) onAbort();
-      else signal.addEventListener("abort", onAbort, { once: true });
+      if (signal.aborted || this.closing.signal.aborted) return onAbort();
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.closing.signal.addEventListener("abort", onAbort, { once: true });
     });
   }
 }

@@ -1,0 +1,86 @@
+import { createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import type { Command } from "commander";
+import { AdminService } from "../gen/imagetransfer/v1/admin_pb.js";
+import { ImageService } from "../gen/imagetransfer/v1/image_pb.js";
+import { TaskService } from "../gen/imagetransfer/v1/task_pb.js";
+import { ExitCode, reportError, UsageError, type ClientOptions } from "./output.js";
+
+export const DEFAULT_SERVER = "http://127.0.0.1:50051";
+
+/** Unary calls give up after this long; watching a task has no deadline. */
+export const CALL_TIMEOUT_MS = 30_000;
+
+export interface Clients {
+  /** The normalized server URL, for messages. */
+  server: string;
+  images: Client<typeof ImageService>;
+  tasks: Client<typeof TaskService>;
+  admin: Client<typeof AdminService>;
+}
+
+/**
+ * The server URL from --server, then ITX_SERVER, then the default. A bare HOST:PORT
+ * means http://HOST:PORT. Only http and https are accepted.
+ */
+export function resolveServer(option: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
+  const raw = (option ?? env.ITX_SERVER ?? "").trim() || DEFAULT_SERVER;
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `http://${raw}`;
+  let url: URL;
+  try {
+    url = new URL(withScheme);
+  } catch {
+    throw new UsageError(`--server "${raw}" is not a URL; expected e.g. ${DEFAULT_SERVER}`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new UsageError(`--server "${raw}" must be an http:// or https:// URL`);
+  }
+  if (url.search || url.hash || url.username || url.password) {
+    throw new UsageError(`--server "${raw}" must not carry credentials, a query or a fragment`);
+  }
+  return url.href.replace(/\/+$/, "");
+}
+
+/** Connect clients over HTTP/1.1 with the binary format; https URLs use TLS. */
+export function createClients(server: string): Clients {
+  const transport = createConnectTransport({
+    baseUrl: server,
+    httpVersion: "1.1",
+    useBinaryFormat: true,
+  });
+  return {
+    server,
+    images: createClient(ImageService, transport),
+    tasks: createClient(TaskService, transport),
+    admin: createClient(AdminService, transport),
+  };
+}
+
+/** Adds --server and --json to a command that talks to the server. */
+export function addClientOptions(command: Command): Command {
+  return command
+    .option("--server <url>", `the ImageTransfer server (env ITX_SERVER; default ${DEFAULT_SERVER})`)
+    .option("--json", "print the response as protobuf JSON on stdout, and nothing else");
+}
+
+/** Builds the clients for a command's options. */
+export function clientsFor(options: ClientOptions): Clients {
+  return createClients(resolveServer(options.server));
+}
+
+/**
+ * Runs a client command: builds the clients, runs `body`, reports any error as one line
+ * on stderr, and sets the exit code (body's result, 0 by default).
+ */
+export async function runClient(options: ClientOptions, body: (clients: Clients) => Promise<number | void>): Promise<void> {
+  let server: string | undefined;
+  let code: number;
+  try {
+    const clients = clientsFor(options);
+    server = clients.server;
+    code = (await body(clients)) ?? ExitCode.ok;
+  } catch (err) {
+    code = reportError(err, server);
+  }
+  process.exitCode = code;
+}
