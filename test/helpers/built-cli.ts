@@ -1,30 +1,79 @@
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdirSync, readdirSync, rmSync, statSync, utimesSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { expect } from "vitest";
 
 export const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
 export const cliPath = join(repoRoot, "dist/src/cli/main.js");
 
-/**
- * Builds dist/ when it is missing or older than any source, so tests of the built CLI
- * always run the current code (and prove it works outside vitest's transform).
- */
-export function ensureBuilt(): void {
-  const built = existsSync(cliPath) ? statSync(cliPath).mtimeMs : 0;
-  if (newestSource(join(repoRoot, "src")) > built || newestSource(join(repoRoot, "plugins")) > built) {
-    execFileSync("npm", ["run", "build"], { cwd: repoRoot, stdio: ["ignore", "ignore", "inherit"] });
+/** Shared by every vitest worker on this checkout, so that parallel test files build at most once. */
+const buildLock = join(tmpdir(), `itx-e2e-build-${createHash("sha1").update(repoRoot).digest("hex").slice(0, 12)}.lock`);
+
+/** The newest mtime of anything `npm run build` reads: src/, plugins/, package.json and tsconfig*.json. */
+function newestSourceMtime(): number {
+  let newest = 0;
+  const walk = (dir: string) => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      if (entry.name === "node_modules" || entry.name.startsWith(".")) continue;
+      const full = join(dir, entry.name);
+      if (entry.isDirectory()) walk(full);
+      else if (/\.(ts|json|mjs)$/.test(entry.name) && !entry.name.endsWith(".d.ts")) newest = Math.max(newest, statSync(full).mtimeMs);
+    }
+  };
+  walk(join(repoRoot, "src"));
+  walk(join(repoRoot, "plugins"));
+  const rootFiles = readdirSync(repoRoot).filter((name) => name === "package.json" || /^tsconfig.*\.json$/.test(name));
+  for (const file of rootFiles) newest = Math.max(newest, statSync(join(repoRoot, file)).mtimeMs);
+  return newest;
+}
+
+/** True when dist/ is missing or older than a source, so tests would run yesterday's code. */
+function buildIsStale(): boolean {
+  try {
+    return statSync(cliPath).mtimeMs < newestSourceMtime();
+  } catch {
+    return true;
   }
 }
 
-function newestSource(dir: string): number {
-  let newest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) newest = Math.max(newest, newestSource(path));
-    else if (entry.name.endsWith(".ts") || entry.name === "package.json") newest = Math.max(newest, statSync(path).mtimeMs);
+/** Takes the build lock (mkdir is atomic), breaking one left behind by a crashed worker after 5 minutes. */
+async function acquireBuildLock(): Promise<void> {
+  const deadline = Date.now() + 240_000;
+  for (;;) {
+    try {
+      mkdirSync(buildLock);
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    try {
+      if (Date.now() - statSync(buildLock).mtimeMs > 300_000) rmSync(buildLock, { recursive: true, force: true });
+    } catch {
+      // Released meanwhile.
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for another build (lock ${buildLock})`);
+    await new Promise((r) => setTimeout(r, 250));
   }
-  return newest;
+}
+
+/** Runs `npm run build` if dist/ is stale, so tests of the built CLI run the current code outside vitest's transform. */
+export async function ensureBuilt(): Promise<void> {
+  if (!buildIsStale()) return;
+  await acquireBuildLock();
+  try {
+    // Another worker may have built while this one waited for the lock.
+    if (!buildIsStale()) return;
+    const result = spawnSync(process.platform === "win32" ? "npm.cmd" : "npm", ["run", "build"], { cwd: repoRoot, encoding: "utf8" });
+    if (result.status !== 0) throw new Error(`npm run build failed:\n${result.stdout}\n${result.stderr}`);
+    // tsc leaves unchanged outputs alone; touching the entry point marks this build as current.
+    const now = new Date();
+    utimesSync(cliPath, now, now);
+  } finally {
+    rmSync(buildLock, { recursive: true, force: true });
+  }
 }
 
 export interface ServerProcess {
@@ -39,14 +88,21 @@ export interface ServerProcess {
 /** Runs `itx serve` from dist/ on a free port and waits for its "listening on" line. */
 export async function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ServerProcess> {
   const child = spawn(process.execPath, [cliPath, "serve", "--listen", "127.0.0.1:0", ...args], {
+    cwd: repoRoot,
     env: { ...process.env, ITX_LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";
   child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-  const url = await new Promise<string>((resolve, reject) => {
+  const url = await listeningUrl(child, () => stderr);
+  return { url, process: child, log: () => stderr, stop: () => terminate(child) };
+}
+
+/** The URL from the server's "listening on URL" stdout line; rejects with its output if it exits or takes 30 s. */
+function listeningUrl(child: ChildProcess, log: () => string): Promise<string> {
+  return new Promise((resolve, reject) => {
     let stdout = "";
-    const timer = setTimeout(() => reject(new Error(`server did not start in 30 s:\n${stderr}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`server did not start in 30 s:\n${stdout}${log()}`)), 30_000);
     child.stdout!.on("data", (chunk: Buffer) => {
       stdout += chunk.toString();
       const match = /listening on (\S+)/.exec(stdout);
@@ -57,22 +113,58 @@ export async function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}): 
     });
     child.once("exit", (code) => {
       clearTimeout(timer);
-      reject(new Error(`server exited with ${code} before listening:\n${stderr}`));
+      reject(new Error(`server exited with ${code} before listening:\n${stdout}${log()}`));
     });
   });
-  return {
-    url,
-    process: child,
-    log: () => stderr,
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
-        const kill = setTimeout(() => child.kill("SIGKILL"), 5_000);
-        child.once("exit", (code) => {
-          clearTimeout(kill);
-          resolve(code);
-        });
-        child.kill("SIGTERM");
-      }),
-  };
+}
+
+/** SIGTERM, then SIGKILL after 5 s, so a server that hangs on shutdown cannot outlive the test run. */
+function terminate(child: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
+    const kill = setTimeout(() => child.kill("SIGKILL"), 5_000);
+    child.once("exit", (code) => {
+      clearTimeout(kill);
+      resolve(code);
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+export interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface CliOptions {
+  /** Added to this process's environment. */
+  env?: NodeJS.ProcessEnv;
+  /** SIGKILL after this long, so a hung command fails its test instead of the whole run. */
+  timeoutMs?: number;
+}
+
+/** Runs `node dist/src/cli/main.js` to completion, as a user's shell would, and returns what it printed. */
+export function runCli(args: string[], { env = {}, timeoutMs = 30_000 }: CliOptions = {}): Promise<CliRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [cliPath, ...args], { cwd: repoRoot, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.once("error", reject);
+    child.once("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Runs a command that must succeed with `--json` and parses its stdout, which must be one JSON document. */
+export async function runCliJson(args: string[], options?: CliOptions): Promise<any> {
+  const run = await runCli([...args, "--json"], options);
+  expect(run.stderr).toBe("");
+  expect(run.code).toBe(0);
+  return JSON.parse(run.stdout);
 }

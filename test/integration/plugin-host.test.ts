@@ -114,7 +114,7 @@ describe("plugin host in the built server: a third-party plugin importing the pu
   let server: ServerProcess;
 
   beforeAll(async () => {
-    ensureBuilt();
+    await ensureBuilt();
     dir = await mkdtemp(join(tmpdir(), "itx-thirdparty-"));
     // As an npm install of a plugin would lay it out: the host package is resolvable by name.
     await mkdir(join(dir, "node_modules"));

@@ -126,7 +126,7 @@ describe("WatchTask across two server processes sharing MongoDB", () => {
   let worker: Repository;
 
   beforeAll(async () => {
-    ensureBuilt();
+    await ensureBuilt();
     mongo = await startMongoServer();
     uri = withDatabase(mongo.uri, `itx_watch_${randomBytes(4).toString("hex")}`);
     [a, b] = await Promise.all([spawnServer(["--mongodb-uri", uri]), spawnServer(["--mongodb-uri", uri])]);
