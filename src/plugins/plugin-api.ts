@@ -97,7 +97,7 @@ export interface StoreConfig {
   region: string;
   /** Plugin-specific options, as written in the config file. */
   options: Record<string, unknown>;
-  /** The service's data directory, for plugins that keep local state. */
+  /** The service's data directory, absolute, for plugins that keep local state. */
   dataDir: string;
 }
 
@@ -169,7 +169,7 @@ export interface ConverterPluginDefinition extends PluginBase {
 export type PluginDefinition = StorePluginDefinition | ConverterPluginDefinition;
 
 /** Optional hook run before the driver is registered, e.g. to check that a tool is installed. */
-type Setup = { setup?(context: RegistrationContext): Promise<void> | void };
+export type Setup = { setup?(context: RegistrationContext): Promise<void> | void };
 
 /** Declares a store plugin; the result is the plugin entry module's default export. */
 export function defineStorePlugin(driver: StoreDriver & Setup): StorePluginDefinition {

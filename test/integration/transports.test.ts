@@ -424,7 +424,7 @@ describe("server reflection through buf curl, without .proto files", () => {
     );
     const body = JSON.parse(stdout) as { stores: Array<{ name: string; plugin: string; isDefault?: boolean; available?: boolean }> };
     const local = body.stores.find((s) => s.name === "local");
-    expect(local).toMatchObject({ name: "local", plugin: "store-filesystem", isDefault: true, available: true });
+    expect(local).toMatchObject({ name: "local", plugin: "@imagetransfer/store-filesystem", isDefault: true, available: true });
   });
 
   it("calls ImageService/CreateImage with a JSON body and reports errors with their code", async () => {

@@ -272,19 +272,21 @@ describe("write, stat and read", () => {
 describe("failed writes leave nothing behind", () => {
   it("an abort mid-way leaves no object and no temp file", async () => {
     const controller = new AbortController();
+    const reason = new Error("the task was cancelled");
     let yielded = 0;
     async function* source(): AsyncGenerator<Uint8Array> {
       for (;;) {
         yield Buffer.alloc(64 * 1024, 1);
-        if (++yielded === 8) controller.abort();
+        if (++yielded === 8) controller.abort(reason);
       }
     }
     await expect(store.write("a/b/partial", source(), { signal: controller.signal })).rejects.toMatchObject({
       name: "AbortError",
+      cause: reason,
     });
     expect(yielded).toBeGreaterThanOrEqual(8);
     expect(await store.stat("a/b/partial")).toBeUndefined();
-    expect(await tree(path.join(root, "a/b"))).toEqual([]); // no temp file
+    expect(await tree(root)).toEqual([]); // no temp file, and the directories it made are gone
     expect((await store.list()).objects).toEqual([]);
   });
 
@@ -320,7 +322,7 @@ describe("failed writes leave nothing behind", () => {
     }
     await expect(store.write("f/broken", source())).rejects.toBe(boom);
     expect(await store.stat("f/broken")).toBeUndefined();
-    expect(await tree(path.join(root, "f"))).toEqual([]);
+    expect(await tree(root)).toEqual([]);
   });
 
   it("a failed overwrite keeps the previous object intact", async () => {
@@ -475,6 +477,15 @@ describe("keys cannot escape the root", () => {
     expect(await tree(outside)).toEqual(["secret"]);
     expect(await fs.readFile(path.join(outside, "secret"), "utf8")).toBe("top secret");
     expect((await store.list()).objects).toEqual([]);
+  });
+
+  it("refuses a symlink to a sibling whose name merely starts like the root's", async () => {
+    const sibling = path.join(dataDir, "objects-sibling"); // a naive startsWith(root) check would pass it
+    await fs.mkdir(sibling);
+    await fs.writeFile(path.join(sibling, "secret"), "top secret");
+    await fs.symlink(sibling, path.join(root, "sib"));
+    for (const key of ["sib/secret", "sib/new", "sib/sub/new"]) await refusedEverywhere(key);
+    expect(await tree(sibling)).toEqual(["secret"]);
   });
 
   it("refuses a dangling symlink that leads outside the root", async () => {
