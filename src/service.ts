@@ -6,17 +6,18 @@ import { container as rootContainer, type DependencyContainer } from "tsyringe";
 import type { Config } from "./config/config.js";
 import { closeStores, openStores } from "./core/stores.js";
 import { TaskHub } from "./core/task-hub.js";
-import { file_grpc_health_v1_health, Health } from "./gen/grpc/health/v1/health_pb.js";
-import { file_grpc_reflection_v1_reflection, ServerReflection } from "./gen/grpc/reflection/v1/reflection_pb.js";
-import { AdminService, file_imagetransfer_v1_admin } from "./gen/imagetransfer/v1/admin_pb.js";
-import { file_imagetransfer_v1_image, ImageService } from "./gen/imagetransfer/v1/image_pb.js";
-import { file_imagetransfer_v1_task, TaskService } from "./gen/imagetransfer/v1/task_pb.js";
-import { file_imagetransfer_v1_transfer, TransferService } from "./gen/imagetransfer/v1/transfer_pb.js";
+import { Health } from "./gen/grpc/health/v1/health_pb.js";
+import { ServerReflection } from "./gen/grpc/reflection/v1/reflection_pb.js";
+import { AdminService } from "./gen/imagetransfer/v1/admin_pb.js";
+import { ImageService } from "./gen/imagetransfer/v1/image_pb.js";
+import { TaskService } from "./gen/imagetransfer/v1/task_pb.js";
+import { TransferService } from "./gen/imagetransfer/v1/transfer_pb.js";
 import { MongoRepository } from "./persistence/mongo/mongo-repository.js";
 import { SqliteRepository } from "./persistence/embedded/sqlite-repository.js";
 import type { Repository } from "./persistence/repository.js";
 import { builtInPluginsDir, loadPlugins } from "./plugins/loader.js";
 import { PluginRegistry } from "./plugins/registry.js";
+import { servedProtoFiles, servedServiceNames } from "./server/api.js";
 import { createHealthService } from "./server/health.js";
 import { errorsAndLogging } from "./server/interceptors.js";
 import { listen, type Listener } from "./server/listener.js";
@@ -25,17 +26,6 @@ import { AdminServiceImpl } from "./services/admin-service.js";
 import { ImageServiceImpl } from "./services/image-service.js";
 import { TaskServiceImpl } from "./services/task-service.js";
 import { Tokens } from "./tokens.js";
-
-const apiServices = [ImageService, TransferService, TaskService, AdminService];
-const serviceNames = [...apiServices, Health, ServerReflection].map((s) => s.typeName);
-const protoFiles = [
-  file_imagetransfer_v1_image,
-  file_imagetransfer_v1_transfer,
-  file_imagetransfer_v1_task,
-  file_imagetransfer_v1_admin,
-  file_grpc_health_v1_health,
-  file_grpc_reflection_v1_reflection,
-];
 
 /** The assembled service, not yet listening. */
 export interface Service {
@@ -73,8 +63,8 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
     router.service(TransferService, {});
     router.service(TaskService, container.resolve(TaskServiceImpl));
     router.service(AdminService, container.resolve(AdminServiceImpl));
-    router.service(Health, createHealthService(serviceNames, () => repository.ping()));
-    router.service(ServerReflection, createReflectionService(protoFiles, serviceNames));
+    router.service(Health, createHealthService(servedServiceNames, () => repository.ping()));
+    router.service(ServerReflection, createReflectionService(servedProtoFiles, servedServiceNames));
   };
   const handler = connectNodeAdapter({
     routes,

@@ -84,3 +84,26 @@ export async function runClient(options: ClientOptions, body: (clients: Clients)
   }
   process.exitCode = code;
 }
+
+/** One page of a List call, in a shape common to every list. */
+export interface Page<T> {
+  items: T[];
+  nextPageToken: string;
+}
+
+/**
+ * Runs a List call from `pageToken`: one page, or with `all` every page after it, so
+ * `--all` works the same for every list command.
+ */
+export async function fetchPages<T>(
+  options: { all?: boolean; pageToken?: string },
+  fetchPage: (pageToken: string) => Promise<Page<T>>,
+): Promise<Page<T>> {
+  let page = await fetchPage(options.pageToken ?? "");
+  const items = [...page.items];
+  while (options.all && page.nextPageToken !== "") {
+    page = await fetchPage(page.nextPageToken);
+    items.push(...page.items);
+  }
+  return { items, nextPageToken: options.all ? "" : page.nextPageToken };
+}

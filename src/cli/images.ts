@@ -11,7 +11,7 @@ import {
   LocationStatusSchema,
   type Image,
 } from "../gen/imagetransfer/v1/image_pb.js";
-import { addClientOptions, CALL_TIMEOUT_MS, runClient } from "./client.js";
+import { addClientOptions, CALL_TIMEOUT_MS, fetchPages, runClient } from "./client.js";
 import {
   enumChoices,
   enumName,
@@ -97,16 +97,13 @@ export function registerImages(program: Command): void {
       .option("--all", "follow next_page_token and list every page"),
   ).action((opts: ListOptions) =>
     runClient(opts, async ({ images }) => {
-      const request = { status: opts.status ?? 0, name: opts.name ?? "", pageSize: opts.pageSize ?? 0, pageToken: opts.pageToken ?? "" };
-      let response = await images.listImages(request, { timeoutMs: CALL_TIMEOUT_MS });
-      if (opts.all) {
-        const all = [...response.images];
-        while (response.nextPageToken !== "") {
-          response = await images.listImages({ ...request, pageToken: response.nextPageToken }, { timeoutMs: CALL_TIMEOUT_MS });
-          all.push(...response.images);
-        }
-        response = create(ListImagesResponseSchema, { images: all, nextPageToken: "" });
-      }
+      const request = { status: opts.status ?? 0, name: opts.name ?? "", pageSize: opts.pageSize ?? 0 };
+      const page = await fetchPages(opts, (pageToken) =>
+        images
+          .listImages({ ...request, pageToken }, { timeoutMs: CALL_TIMEOUT_MS })
+          .then((r) => ({ items: r.images, nextPageToken: r.nextPageToken })),
+      );
+      const response = create(ListImagesResponseSchema, { images: page.items, nextPageToken: page.nextPageToken });
       if (opts.json) return printJson(ListImagesResponseSchema, response);
       process.stdout.write(formatTable(imageColumns, response.images));
       if (response.nextPageToken !== "") {

@@ -11,7 +11,7 @@ import {
   WatchTaskResponseSchema,
   type Task,
 } from "../gen/imagetransfer/v1/task_pb.js";
-import { addClientOptions, CALL_TIMEOUT_MS, runClient, type Clients } from "./client.js";
+import { addClientOptions, CALL_TIMEOUT_MS, fetchPages, runClient, type Clients } from "./client.js";
 import {
   enumChoices,
   enumName,
@@ -203,22 +203,13 @@ export function registerTasks(program: Command): void {
       .option("--all", "follow next_page_token and list every page"),
   ).action((opts: ListOptions) =>
     runClient(opts, async ({ tasks }) => {
-      const request = {
-        state: opts.state ?? 0,
-        type: opts.type ?? 0,
-        imageId: opts.image ?? "",
-        pageSize: opts.pageSize ?? 0,
-        pageToken: opts.pageToken ?? "",
-      };
-      let response = await tasks.listTasks(request, { timeoutMs: CALL_TIMEOUT_MS });
-      if (opts.all) {
-        const all = [...response.tasks];
-        while (response.nextPageToken !== "") {
-          response = await tasks.listTasks({ ...request, pageToken: response.nextPageToken }, { timeoutMs: CALL_TIMEOUT_MS });
-          all.push(...response.tasks);
-        }
-        response = create(ListTasksResponseSchema, { tasks: all, nextPageToken: "" });
-      }
+      const request = { state: opts.state ?? 0, type: opts.type ?? 0, imageId: opts.image ?? "", pageSize: opts.pageSize ?? 0 };
+      const page = await fetchPages(opts, (pageToken) =>
+        tasks
+          .listTasks({ ...request, pageToken }, { timeoutMs: CALL_TIMEOUT_MS })
+          .then((r) => ({ items: r.tasks, nextPageToken: r.nextPageToken })),
+      );
+      const response = create(ListTasksResponseSchema, { tasks: page.items, nextPageToken: page.nextPageToken });
       if (opts.json) return printJson(ListTasksResponseSchema, response);
       process.stdout.write(formatTable(taskColumns, response.tasks));
       if (response.nextPageToken !== "") {

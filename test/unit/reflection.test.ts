@@ -1,32 +1,16 @@
 // Calls the gRPC server reflection implementation directly, the way grpcurl and buf curl
 // drive it over the wire: a stream of requests in, one response per request out.
-import { create, fromBinary, type DescFile, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema, type FileDescriptorProto } from "@bufbuild/protobuf/wkt";
 import { createHandlerContext } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
-import { file_grpc_health_v1_health, Health } from "../../src/gen/grpc/health/v1/health_pb.js";
 import {
-  file_grpc_reflection_v1_reflection,
   ServerReflection,
   ServerReflectionRequestSchema,
   type ServerReflectionResponse,
 } from "../../src/gen/grpc/reflection/v1/reflection_pb.js";
-import { AdminService, file_imagetransfer_v1_admin } from "../../src/gen/imagetransfer/v1/admin_pb.js";
-import { file_imagetransfer_v1_image, ImageService } from "../../src/gen/imagetransfer/v1/image_pb.js";
-import { file_imagetransfer_v1_task, TaskService } from "../../src/gen/imagetransfer/v1/task_pb.js";
-import { file_imagetransfer_v1_transfer, TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
+import { servedProtoFiles as files, servedServiceNames as serviceNames } from "../../src/server/api.js";
 import { createReflectionService } from "../../src/server/reflection.js";
-
-// The same files and services src/service.ts registers.
-const files: DescFile[] = [
-  file_imagetransfer_v1_image,
-  file_imagetransfer_v1_transfer,
-  file_imagetransfer_v1_task,
-  file_imagetransfer_v1_admin,
-  file_grpc_health_v1_health,
-  file_grpc_reflection_v1_reflection,
-];
-const serviceNames = [ImageService, TransferService, TaskService, AdminService, Health, ServerReflection].map((s) => s.typeName);
 
 type RequestInit = MessageInitShape<typeof ServerReflectionRequestSchema>;
 
