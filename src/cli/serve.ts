@@ -44,9 +44,16 @@ export function registerServe(program: Command): void {
         throw err;
       }
       const logger = createLogger(config.logLevel);
-      const service = await startService(config, logger);
-      // Scripts and tests wait for this line to know the port (useful with port 0).
-      process.stdout.write(`listening on ${service.listener.url}\n`);
+      let service;
+      try {
+        service = await startService(config, logger);
+      } catch (err) {
+        // Start-up failures people can fix (a port in use, an unreadable TLS key) get one line, not a stack.
+        const code = (err as NodeJS.ErrnoException).code;
+        const reason = code === "EADDRINUSE" ? `address ${config.listen} is already in use` : (err as Error).message;
+        process.stderr.write(`itx serve: cannot start: ${reason}\n`);
+        process.exit(1);
+      }
       const stop = async (signal: string) => {
         logger.info({ signal }, "shutting down");
         await service.close();
@@ -54,5 +61,8 @@ export function registerServe(program: Command): void {
       };
       process.once("SIGINT", () => void stop("SIGINT"));
       process.once("SIGTERM", () => void stop("SIGTERM"));
+      // Scripts and tests wait for this line to know the port (useful with port 0), and may
+      // signal at once: the handlers above are in place by then.
+      process.stdout.write(`listening on ${service.listener.url}\n`);
     });
 }
