@@ -45,4 +45,10 @@ step "FerretDB (MongoDB wire protocol server for the tests)"
 bash scripts/ferretdb.sh
 
 step "vitest"
-npx vitest run "$@"
+results="$gen/vitest.json"
+status=0
+npx vitest run --reporter=default --reporter=json --outputFile.json="$results" "$@" || status=$?
+# One plain closing line that any CI can read.
+node -e 'const r = require(process.argv[1]);
+  console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + r.numTodoTests} skipped`);' "$results"
+exit "$status"

@@ -51,7 +51,6 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
   const stores = await openStores(config.stores, { region: config.region, dataDir: config.dataDir, plugins, logger });
 
   container.register(Tokens.Config, { useValue: config });
-  container.register(Tokens.Logger, { useValue: logger });
   container.register(Tokens.Repository, { useValue: repository });
   container.register(Tokens.Plugins, { useValue: plugins });
   container.register(Tokens.Stores, { useValue: stores });

@@ -1,5 +1,4 @@
 import type { InjectionToken } from "tsyringe";
-import type { Logger } from "pino";
 import type { Config } from "./config/config.js";
 import type { ConfiguredStore } from "./core/stores.js";
 import type { PluginRegistry } from "./plugins/registry.js";
@@ -12,7 +11,6 @@ import type { Repository } from "./persistence/repository.js";
  */
 export const Tokens = {
   Config: Symbol("Config") as InjectionToken<Config>,
-  Logger: Symbol("Logger") as InjectionToken<Logger>,
   Repository: Symbol("Repository") as InjectionToken<Repository>,
   Plugins: Symbol("PluginRegistry") as InjectionToken<PluginRegistry>,
   Stores: Symbol("Stores") as InjectionToken<ConfiguredStore[]>,

@@ -1,4 +1,4 @@
-import type { Interceptor } from "@connectrpc/connect";
+import { Code, type Interceptor } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { toConnectError } from "./errors.js";
 
@@ -9,7 +9,7 @@ import { toConnectError } from "./errors.js";
 export function errorsAndLogging(logger: Logger): Interceptor {
   return (next) => async (req) => {
     const started = performance.now();
-    const procedure = req.url.slice(req.url.lastIndexOf("/", req.url.lastIndexOf("/") - 1) + 1);
+    const procedure = `${req.service.typeName}/${req.method.name}`;
     const finish = (code: string) =>
       logger.debug({ procedure, code, durationMs: Math.round(performance.now() - started) }, "rpc");
     try {
@@ -27,14 +27,14 @@ export function errorsAndLogging(logger: Logger): Interceptor {
             finish("ok");
           } catch (err) {
             const mapped = toConnectError(err, logger, procedure);
-            finish(mapped.code.toString());
+            finish(Code[mapped.code]);
             throw mapped;
           }
         })(),
       };
     } catch (err) {
       const mapped = toConnectError(err, logger, procedure);
-      finish(mapped.code.toString());
+      finish(Code[mapped.code]);
       throw mapped;
     }
   };
