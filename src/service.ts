@@ -1,11 +1,16 @@
 import "reflect-metadata";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import type { Logger } from "pino";
 import { container as rootContainer, type DependencyContainer } from "tsyringe";
 import type { Config } from "./config/config.js";
+import { loadSigningKey, UrlSigner } from "./core/signed-url.js";
 import { closeStores, openStores } from "./core/stores.js";
 import { TaskHub } from "./core/task-hub.js";
+import { TaskRunner } from "./core/task-runner.js";
+import { runCopy } from "./core/transfer/copy.js";
+import { runExport } from "./core/transfer/export.js";
+import { runImport } from "./core/transfer/import.js";
 import { Health } from "./gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "./gen/grpc/reflection/v1/reflection_pb.js";
 import { AdminService } from "./gen/imagetransfer/v1/admin_pb.js";
@@ -18,6 +23,7 @@ import type { Repository } from "./persistence/repository.js";
 import { builtInPluginsDir, loadPlugins } from "./plugins/loader.js";
 import { PluginRegistry } from "./plugins/registry.js";
 import { servedProtoFiles, servedServiceNames } from "./server/api.js";
+import { createDataEndpoint } from "./server/data-endpoint.js";
 import { createHealthService } from "./server/health.js";
 import { errorsAndLogging } from "./server/interceptors.js";
 import { listen, type Listener } from "./server/listener.js";
@@ -25,11 +31,15 @@ import { createReflectionService } from "./server/reflection.js";
 import { AdminServiceImpl } from "./services/admin-service.js";
 import { ImageServiceImpl } from "./services/image-service.js";
 import { TaskServiceImpl } from "./services/task-service.js";
+import { TransferServiceImpl, type PublicEndpoint } from "./services/transfer-service.js";
 import { Tokens } from "./tokens.js";
 
 /** The assembled service, not yet listening. */
 export interface Service {
   container: DependencyContainer;
+  /** Where temporary URLs point; startService sets it to the listener's URL unless publicUrl is configured. */
+  endpoint: PublicEndpoint;
+  runner: TaskRunner;
   routes: (router: ConnectRouter) => void;
   handler: ReturnType<typeof connectNodeAdapter>;
   close(): Promise<void>;
@@ -49,17 +59,27 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
   const plugins = new PluginRegistry();
   await loadPlugins([builtInPluginsDir, ...config.pluginsDirs], plugins, logger);
   const stores = await openStores(config.stores, { region: config.region, dataDir: config.dataDir, plugins, logger });
+  const signer = new UrlSigner(await loadSigningKey(config.dataDir, config.urlSigningKey));
+  const endpoint: PublicEndpoint = { baseUrl: config.publicUrl?.replace(/\/$/, "") ?? "" };
 
   container.register(Tokens.Config, { useValue: config });
   container.register(Tokens.Repository, { useValue: repository });
   container.register(Tokens.Plugins, { useValue: plugins });
   container.register(Tokens.Stores, { useValue: stores });
+  container.register(Tokens.UrlSigner, { useValue: signer });
+  container.register(Tokens.PublicEndpoint, { useValue: endpoint });
   container.registerSingleton(TaskHub);
+  const runner = new TaskRunner(
+    container.resolve(TaskHub),
+    { config, repository, stores, plugins, logger },
+    { import: runImport, export: runExport, copy: runCopy },
+    logger,
+  );
+  container.register(Tokens.TaskRunner, { useValue: runner });
 
   const routes = (router: ConnectRouter) => {
     router.service(ImageService, container.resolve(ImageServiceImpl));
-    // Upload, import, export and download arrive with the data plane; until then each answers UNIMPLEMENTED.
-    router.service(TransferService, {});
+    router.service(TransferService, container.resolve(TransferServiceImpl));
     router.service(TaskService, container.resolve(TaskServiceImpl));
     router.service(AdminService, container.resolve(AdminServiceImpl));
     router.service(Health, createHealthService(servedServiceNames, () => repository.ping()));
@@ -71,12 +91,18 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
     // Image bytes do not compress; gzip would only cost CPU (grpc-js always offers it).
     acceptCompression: [],
     readMaxBytes: config.maxMessageBytes,
+    // Everything that is not an RPC: the signed upload and download URLs of stores without their own.
+    // (connect-node's response type differs from node's only in a write callback's signature.)
+    fallback: createDataEndpoint({ stores, signer, maxImageBytes: config.maxImageBytes, logger }) as ConnectNodeAdapterOptions["fallback"],
   });
   return {
     container,
+    endpoint,
+    runner,
     routes,
     handler,
     async close() {
+      await runner.stop();
       await closeStores(stores);
       await repository.close();
       await container.dispose();
@@ -98,6 +124,8 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     await service.close();
     throw err;
   }
+  service.endpoint.baseUrl ||= listener.url;
+  service.runner.start();
   logger.info({ url: listener.url, database: config.mongodbUri ? "mongodb" : "embedded" }, "imagetransfer listening");
   return {
     ...service,

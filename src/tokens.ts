@@ -1,6 +1,9 @@
 import type { InjectionToken } from "tsyringe";
 import type { Config } from "./config/config.js";
+import type { UrlSigner } from "./core/signed-url.js";
 import type { ConfiguredStore } from "./core/stores.js";
+import type { TaskRunner } from "./core/task-runner.js";
+import type { PublicEndpoint } from "./services/transfer-service.js";
 import type { PluginRegistry } from "./plugins/registry.js";
 import type { Repository } from "./persistence/repository.js";
 
@@ -14,4 +17,7 @@ export const Tokens = {
   Repository: Symbol("Repository") as InjectionToken<Repository>,
   Plugins: Symbol("PluginRegistry") as InjectionToken<PluginRegistry>,
   Stores: Symbol("Stores") as InjectionToken<ConfiguredStore[]>,
+  TaskRunner: Symbol("TaskRunner") as InjectionToken<TaskRunner>,
+  UrlSigner: Symbol("UrlSigner") as InjectionToken<UrlSigner>,
+  PublicEndpoint: Symbol("PublicEndpoint") as InjectionToken<PublicEndpoint>,
 } as const;

@@ -27,6 +27,20 @@ export const configSchema = z
     maxMessageBytes: z.number().int().min(1024).default(4 * 1024 * 1024),
     /** How often a watcher checks the database for changes made by other processes. */
     watchPollMs: z.number().int().min(10).max(10_000).default(250),
+    /** The format images are stored in for the compute service to boot. */
+    runtimeFormat: z.enum(["raw", "qcow2"]).default("raw"),
+    /** Largest image accepted, in bytes, as uploaded and as stored. */
+    maxImageBytes: z.number().int().min(1).default(1024 ** 4),
+    /** Largest virtual disk size accepted, in bytes. */
+    maxVirtualBytes: z.number().int().min(1).default(16 * 1024 ** 4),
+    /** Default lifetime of temporary upload and download URLs. */
+    urlTtlSeconds: z.number().int().min(1).max(7 * 24 * 3600).default(3600),
+    /** The base of the service's own temporary URLs as clients reach it; default the listener's URL. */
+    publicUrl: z.url().optional(),
+    /** Key for the service's own temporary URLs (hex or base64, at least 32 bytes); default a key kept in dataDir. */
+    urlSigningKey: z.string().min(1).optional(),
+    /** Tasks this process runs at once. */
+    maxConcurrentTasks: z.number().int().min(1).max(64).default(2),
     stores: z
       .array(storeSchema)
       .default([{ name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true }]),
@@ -62,6 +76,8 @@ export const environmentKeys = {
   ITX_MONGODB_URI: "mongodbUri",
   ITX_PLUGINS_DIRS: "pluginsDirs",
   ITX_LOG_LEVEL: "logLevel",
+  ITX_PUBLIC_URL: "publicUrl",
+  ITX_URL_SIGNING_KEY: "urlSigningKey",
   ITX_TLS_CERT: "tls.cert",
   ITX_TLS_KEY: "tls.key",
 } as const;

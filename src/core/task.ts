@@ -12,6 +12,8 @@ export interface TaskProgress {
 export interface TaskResult {
   imageId: string;
   storeUris: string[];
+  /** Stores that failed when the task was allowed to succeed without them. */
+  failedStores?: string[];
 }
 
 export interface TaskError {

@@ -124,10 +124,22 @@ export interface ConversionJob extends CallOptions {
   onProgress?(done: number, total: number): void;
 }
 
+/** What a converter found in an image file. */
+export interface ImageDescription {
+  /** Bytes the guest sees. */
+  virtualSize: number;
+  /** Set when the image refers to another file for its data; such images are refused. */
+  backingFile?: string;
+  /** Set when the image keeps its data in an external file; such images are refused. */
+  dataFile?: string;
+}
+
 /** What a converter plugin provides. */
 export interface ConverterDriver {
   conversions: Array<{ from: FormatName; to: FormatName }>;
   convert(job: ConversionJob): Promise<void>;
+  /** Reads an image file's header, taking its format as given (never probing). */
+  describe?(path: string, format: FormatName, options?: CallOptions): Promise<ImageDescription>;
 }
 
 /** Where a plugin's log lines go; they carry the plugin's id. */

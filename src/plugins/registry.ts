@@ -45,6 +45,12 @@ export class PluginRegistry {
     return this.stores.get(scheme)?.driver;
   }
 
+  /** A converter's describe(), from the first converter that reads this format and can describe it. */
+  describerFor(format: string): ConverterDriver["describe"] | undefined {
+    const found = this.converters.find(({ driver }) => driver.describe && driver.conversions.some((c) => c.from === format));
+    return found?.driver.describe?.bind(found.driver);
+  }
+
   /** The first converter that handles the pair, in load order. */
   converterFor(from: string, to: string): ConverterDriver | undefined {
     return this.converters.find(({ driver }) => driver.conversions.some((c) => c.from === from && c.to === to))?.driver;

@@ -1,7 +1,7 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { inject, injectable } from "tsyringe";
-import { invalidArgument, notFound } from "../core/errors.js";
-import { newId, parseId } from "../core/ids.js";
+import { invalidArgument } from "../core/errors.js";
+import { newId } from "../core/ids.js";
 import { newImageRecord, type ImageFilter, type ImagePatch } from "../core/image.js";
 import { decodePageToken, encodePageToken, parsePageSize } from "../core/paging.js";
 import type { ImageService } from "../gen/imagetransfer/v1/image_pb.js";
@@ -10,6 +10,7 @@ import type { Repository } from "../persistence/repository.js";
 import { Tokens } from "../tokens.js";
 import { containerFormat, diskFormat, imageStatus, imageToProto } from "./convert.js";
 import { principalOf } from "./principal.js";
+import { visibleImage } from "./visibility.js";
 
 const MAX_NAME_LENGTH = 255;
 const MAX_PROPERTIES = 128;
@@ -93,12 +94,8 @@ export class ImageServiceImpl implements ServiceImpl<typeof ImageService> {
     return { image: imageToProto(image) };
   }
 
-  /** Another project's image, or a deleted one, is NOT_FOUND: never a hint that it exists. */
-  private async visibleImage(rawId: string, ctx: HandlerContext) {
-    const id = parseId("id", rawId);
-    const image = await this.repository.findImage(id);
-    if (!image || image.status === "deleted" || image.owner !== principalOf(ctx).project) throw notFound("image", id);
-    return image;
+  private visibleImage(rawId: string, ctx: HandlerContext) {
+    return visibleImage(this.repository, rawId, ctx);
   }
 }
 

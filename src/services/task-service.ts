@@ -1,6 +1,5 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { inject, injectable } from "tsyringe";
-import { notFound } from "../core/errors.js";
 import { parseId } from "../core/ids.js";
 import { decodePageToken, encodePageToken, parsePageSize } from "../core/paging.js";
 import { TaskHub } from "../core/task-hub.js";
@@ -11,6 +10,7 @@ import type { Repository } from "../persistence/repository.js";
 import { Tokens } from "../tokens.js";
 import { taskState, taskToProto, taskType } from "./convert.js";
 import { principalOf } from "./principal.js";
+import { visibleTask } from "./visibility.js";
 
 /** Reports and controls tasks; the work itself is done by the task runner. */
 @injectable()
@@ -57,10 +57,7 @@ export class TaskServiceImpl implements ServiceImpl<typeof TaskService> {
     return { task: taskToProto(canceled) };
   }
 
-  private async visibleTask(rawId: string, ctx: HandlerContext): Promise<TaskRecord> {
-    const id = parseId("id", rawId);
-    const task = await this.repository.findTask(id);
-    if (!task || task.owner !== principalOf(ctx).project) throw notFound("task", id);
-    return task;
+  private visibleTask(rawId: string, ctx: HandlerContext): Promise<TaskRecord> {
+    return visibleTask(this.repository, rawId, ctx);
   }
 }

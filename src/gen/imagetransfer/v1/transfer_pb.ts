@@ -2,8 +2,8 @@
 // @generated from file imagetransfer/v1/transfer.proto (package imagetransfer.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { DiskFormat, Image } from "./image_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file imagetransfer/v1/transfer.proto.
  */
 export const file_imagetransfer_v1_transfer: GenFile = /*@__PURE__*/
-  fileDesc("Ch9pbWFnZXRyYW5zZmVyL3YxL3RyYW5zZmVyLnByb3RvEhBpbWFnZXRyYW5zZmVyLnYxIkMKFkNyZWF0ZVVwbG9hZFVybFJlcXVlc3QSDQoFc3RvcmUYASABKAkSGgoSZXhwaXJlc19pbl9zZWNvbmRzGAIgASgNInkKF0NyZWF0ZVVwbG9hZFVybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIOCgZtZXRob2QYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHNlZWRfdXJpGAQgASgJIokBChJJbXBvcnRJbWFnZVJlcXVlc3QSEAoIc2VlZF91cmkYASABKAkSEAoIaW1hZ2VfaWQYAiABKAkSMQoLZGlza19mb3JtYXQYAyABKA4yHC5pbWFnZXRyYW5zZmVyLnYxLkRpc2tGb3JtYXQSDAoEbmFtZRgEIAEoCRIOCgZzdG9yZXMYBSADKAkiYwoTSW1wb3J0SW1hZ2VSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYuaW1hZ2V0cmFuc2Zlci52MS5UYXNrEiYKBWltYWdlGAIgASgLMhcuaW1hZ2V0cmFuc2Zlci52MS5JbWFnZSJtChJFeHBvcnRJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSMQoLZGlza19mb3JtYXQYAiABKA4yHC5pbWFnZXRyYW5zZmVyLnYxLkRpc2tGb3JtYXQSEgoKdGFyZ2V0X3VyaRgDIAEoCSI7ChNFeHBvcnRJbWFnZVJlc3BvbnNlEiQKBHRhc2sYASABKAsyFi5pbWFnZXRyYW5zZmVyLnYxLlRhc2siQwoYQ3JlYXRlRG93bmxvYWRVcmxSZXF1ZXN0EgsKA3VyaRgBIAEoCRIaChJleHBpcmVzX2luX3NlY29uZHMYAiABKA0iWQoZQ3JlYXRlRG93bmxvYWRVcmxSZXNwb25zZRILCgN1cmwYASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjQKEENvcHlJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSDgoGc3RvcmVzGAIgAygJIjkKEUNvcHlJbWFnZVJlc3BvbnNlEiQKBHRhc2sYASABKAsyFi5pbWFnZXRyYW5zZmVyLnYxLlRhc2siOQoWVXBsb2FkSW1hZ2VEYXRhUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRINCgVjaHVuaxgCIAEoDCJBChdVcGxvYWRJbWFnZURhdGFSZXNwb25zZRImCgVpbWFnZRgBIAEoCzIXLmltYWdldHJhbnNmZXIudjEuSW1hZ2UiTAoYRG93bmxvYWRJbWFnZURhdGFSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIOCgZsZW5ndGgYAyABKAQiKgoZRG93bmxvYWRJbWFnZURhdGFSZXNwb25zZRINCgVjaHVuaxgBIAEoDDLPBQoPVHJhbnNmZXJTZXJ2aWNlEmYKD0NyZWF0ZVVwbG9hZFVybBIoLmltYWdldHJhbnNmZXIudjEuQ3JlYXRlVXBsb2FkVXJsUmVxdWVzdBopLmltYWdldHJhbnNmZXIudjEuQ3JlYXRlVXBsb2FkVXJsUmVzcG9uc2USWgoLSW1wb3J0SW1hZ2USJC5pbWFnZXRyYW5zZmVyLnYxLkltcG9ydEltYWdlUmVxdWVzdBolLmltYWdldHJhbnNmZXIudjEuSW1wb3J0SW1hZ2VSZXNwb25zZRJaCgtFeHBvcnRJbWFnZRIkLmltYWdldHJhbnNmZXIudjEuRXhwb3J0SW1hZ2VSZXF1ZXN0GiUuaW1hZ2V0cmFuc2Zlci52MS5FeHBvcnRJbWFnZVJlc3BvbnNlEmwKEUNyZWF0ZURvd25sb2FkVXJsEiouaW1hZ2V0cmFuc2Zlci52MS5DcmVhdGVEb3dubG9hZFVybFJlcXVlc3QaKy5pbWFnZXRyYW5zZmVyLnYxLkNyZWF0ZURvd25sb2FkVXJsUmVzcG9uc2USVAoJQ29weUltYWdlEiIuaW1hZ2V0cmFuc2Zlci52MS5Db3B5SW1hZ2VSZXF1ZXN0GiMuaW1hZ2V0cmFuc2Zlci52MS5Db3B5SW1hZ2VSZXNwb25zZRJoCg9VcGxvYWRJbWFnZURhdGESKC5pbWFnZXRyYW5zZmVyLnYxLlVwbG9hZEltYWdlRGF0YVJlcXVlc3QaKS5pbWFnZXRyYW5zZmVyLnYxLlVwbG9hZEltYWdlRGF0YVJlc3BvbnNlKAESbgoRRG93bmxvYWRJbWFnZURhdGESKi5pbWFnZXRyYW5zZmVyLnYxLkRvd25sb2FkSW1hZ2VEYXRhUmVxdWVzdBorLmltYWdldHJhbnNmZXIudjEuRG93bmxvYWRJbWFnZURhdGFSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp, file_imagetransfer_v1_image, file_imagetransfer_v1_task]);
+  fileDesc("Ch9pbWFnZXRyYW5zZmVyL3YxL3RyYW5zZmVyLnByb3RvEhBpbWFnZXRyYW5zZmVyLnYxIlUKFkNyZWF0ZVVwbG9hZFVybFJlcXVlc3QSDQoFc3RvcmUYASABKAkSGgoSZXhwaXJlc19pbl9zZWNvbmRzGAIgASgNEhAKCGltYWdlX2lkGAMgASgJInkKF0NyZWF0ZVVwbG9hZFVybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIOCgZtZXRob2QYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHNlZWRfdXJpGAQgASgJIlEKDEV4cGVjdGVkSGFzaBIyCglhbGdvcml0aG0YASABKA4yHy5pbWFnZXRyYW5zZmVyLnYxLkhhc2hBbGdvcml0aG0SDQoFdmFsdWUYAiABKAki4QEKEkltcG9ydEltYWdlUmVxdWVzdBIQCghzZWVkX3VyaRgBIAEoCRIQCghpbWFnZV9pZBgCIAEoCRIxCgtkaXNrX2Zvcm1hdBgDIAEoDjIcLmltYWdldHJhbnNmZXIudjEuRGlza0Zvcm1hdBIMCgRuYW1lGAQgASgJEg4KBnN0b3JlcxgFIAMoCRIfChdhbGxfc3RvcmVzX211c3Rfc3VjY2VlZBgGIAEoCBI1Cg1leHBlY3RlZF9oYXNoGAcgASgLMh4uaW1hZ2V0cmFuc2Zlci52MS5FeHBlY3RlZEhhc2giYwoTSW1wb3J0SW1hZ2VSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYuaW1hZ2V0cmFuc2Zlci52MS5UYXNrEiYKBWltYWdlGAIgASgLMhcuaW1hZ2V0cmFuc2Zlci52MS5JbWFnZSJoChJFeHBvcnRJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSMQoLZGlza19mb3JtYXQYAiABKA4yHC5pbWFnZXRyYW5zZmVyLnYxLkRpc2tGb3JtYXQSDQoFc3RvcmUYAyABKAkiOwoTRXhwb3J0SW1hZ2VSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYuaW1hZ2V0cmFuc2Zlci52MS5UYXNrInsKGENyZWF0ZURvd25sb2FkVXJsUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIxCgtkaXNrX2Zvcm1hdBgCIAEoDjIcLmltYWdldHJhbnNmZXIudjEuRGlza0Zvcm1hdBIaChJleHBpcmVzX2luX3NlY29uZHMYAyABKA0idAoZQ3JlYXRlRG93bmxvYWRVcmxSZXNwb25zZRILCgN1cmwYASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA3VyaRgDIAEoCRIMCgRzaXplGAQgASgEIlUKEENvcHlJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSDgoGc3RvcmVzGAIgAygJEh8KF2FsbF9zdG9yZXNfbXVzdF9zdWNjZWVkGAMgASgIIjkKEUNvcHlJbWFnZVJlc3BvbnNlEiQKBHRhc2sYASABKAsyFi5pbWFnZXRyYW5zZmVyLnYxLlRhc2sibAoWVXBsb2FkSW1hZ2VEYXRhUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRINCgVjaHVuaxgCIAEoDBIxCgtkaXNrX2Zvcm1hdBgDIAEoDjIcLmltYWdldHJhbnNmZXIudjEuRGlza0Zvcm1hdCJBChdVcGxvYWRJbWFnZURhdGFSZXNwb25zZRImCgVpbWFnZRgBIAEoCzIXLmltYWdldHJhbnNmZXIudjEuSW1hZ2UiTAoYRG93bmxvYWRJbWFnZURhdGFSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIOCgZsZW5ndGgYAyABKAQiKgoZRG93bmxvYWRJbWFnZURhdGFSZXNwb25zZRINCgVjaHVuaxgBIAEoDCplCg1IYXNoQWxnb3JpdGhtEh4KGkhBU0hfQUxHT1JJVEhNX1VOU1BFQ0lGSUVEEAASGQoVSEFTSF9BTEdPUklUSE1fU0hBMjU2EAESGQoVSEFTSF9BTEdPUklUSE1fU0hBNTEyEAIyzwUKD1RyYW5zZmVyU2VydmljZRJmCg9DcmVhdGVVcGxvYWRVcmwSKC5pbWFnZXRyYW5zZmVyLnYxLkNyZWF0ZVVwbG9hZFVybFJlcXVlc3QaKS5pbWFnZXRyYW5zZmVyLnYxLkNyZWF0ZVVwbG9hZFVybFJlc3BvbnNlEloKC0ltcG9ydEltYWdlEiQuaW1hZ2V0cmFuc2Zlci52MS5JbXBvcnRJbWFnZVJlcXVlc3QaJS5pbWFnZXRyYW5zZmVyLnYxLkltcG9ydEltYWdlUmVzcG9uc2USWgoLRXhwb3J0SW1hZ2USJC5pbWFnZXRyYW5zZmVyLnYxLkV4cG9ydEltYWdlUmVxdWVzdBolLmltYWdldHJhbnNmZXIudjEuRXhwb3J0SW1hZ2VSZXNwb25zZRJsChFDcmVhdGVEb3dubG9hZFVybBIqLmltYWdldHJhbnNmZXIudjEuQ3JlYXRlRG93bmxvYWRVcmxSZXF1ZXN0GisuaW1hZ2V0cmFuc2Zlci52MS5DcmVhdGVEb3dubG9hZFVybFJlc3BvbnNlElQKCUNvcHlJbWFnZRIiLmltYWdldHJhbnNmZXIudjEuQ29weUltYWdlUmVxdWVzdBojLmltYWdldHJhbnNmZXIudjEuQ29weUltYWdlUmVzcG9uc2USaAoPVXBsb2FkSW1hZ2VEYXRhEiguaW1hZ2V0cmFuc2Zlci52MS5VcGxvYWRJbWFnZURhdGFSZXF1ZXN0GikuaW1hZ2V0cmFuc2Zlci52MS5VcGxvYWRJbWFnZURhdGFSZXNwb25zZSgBEm4KEURvd25sb2FkSW1hZ2VEYXRhEiouaW1hZ2V0cmFuc2Zlci52MS5Eb3dubG9hZEltYWdlRGF0YVJlcXVlc3QaKy5pbWFnZXRyYW5zZmVyLnYxLkRvd25sb2FkSW1hZ2VEYXRhUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_imagetransfer_v1_image, file_imagetransfer_v1_task]);
 
 /**
  * @generated from message imagetransfer.v1.CreateUploadUrlRequest
@@ -35,6 +35,13 @@ export type CreateUploadUrlRequest = Message<"imagetransfer.v1.CreateUploadUrlRe
    * @generated from field: uint32 expires_in_seconds = 2;
    */
   expiresInSeconds: number;
+
+  /**
+   * A QUEUED image the upload is meant for; recorded in the seed URI's key. Optional.
+   *
+   * @generated from field: string image_id = 3;
+   */
+  imageId: string;
 };
 
 /**
@@ -81,11 +88,37 @@ export const CreateUploadUrlResponseSchema: GenMessage<CreateUploadUrlResponse> 
   messageDesc(file_imagetransfer_v1_transfer, 1);
 
 /**
+ * ExpectedHash is a checksum of the uploaded object, checked as it is read.
+ *
+ * @generated from message imagetransfer.v1.ExpectedHash
+ */
+export type ExpectedHash = Message<"imagetransfer.v1.ExpectedHash"> & {
+  /**
+   * @generated from field: imagetransfer.v1.HashAlgorithm algorithm = 1;
+   */
+  algorithm: HashAlgorithm;
+
+  /**
+   * Lower-case hex.
+   *
+   * @generated from field: string value = 2;
+   */
+  value: string;
+};
+
+/**
+ * Describes the message imagetransfer.v1.ExpectedHash.
+ * Use `create(ExpectedHashSchema)` to create a new message.
+ */
+export const ExpectedHashSchema: GenMessage<ExpectedHash> = /*@__PURE__*/
+  messageDesc(file_imagetransfer_v1_transfer, 2);
+
+/**
  * @generated from message imagetransfer.v1.ImportImageRequest
  */
 export type ImportImageRequest = Message<"imagetransfer.v1.ImportImageRequest"> & {
   /**
-   * The object to import, e.g. swift://STORE/CONTAINER/OBJECT.
+   * The object to import, e.g. file://local/uploads/ID or swift://STORE/CONTAINER/OBJECT.
    *
    * @generated from field: string seed_uri = 1;
    */
@@ -118,6 +151,20 @@ export type ImportImageRequest = Message<"imagetransfer.v1.ImportImageRequest"> 
    * @generated from field: repeated string stores = 5;
    */
   stores: string[];
+
+  /**
+   * When false, the import succeeds if at least one store took the image.
+   *
+   * @generated from field: bool all_stores_must_succeed = 6;
+   */
+  allStoresMustSucceed: boolean;
+
+  /**
+   * Checked against the object's bytes; a mismatch fails the import.
+   *
+   * @generated from field: imagetransfer.v1.ExpectedHash expected_hash = 7;
+   */
+  expectedHash?: ExpectedHash | undefined;
 };
 
 /**
@@ -125,7 +172,7 @@ export type ImportImageRequest = Message<"imagetransfer.v1.ImportImageRequest"> 
  * Use `create(ImportImageRequestSchema)` to create a new message.
  */
 export const ImportImageRequestSchema: GenMessage<ImportImageRequest> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 2);
+  messageDesc(file_imagetransfer_v1_transfer, 3);
 
 /**
  * @generated from message imagetransfer.v1.ImportImageResponse
@@ -147,7 +194,7 @@ export type ImportImageResponse = Message<"imagetransfer.v1.ImportImageResponse"
  * Use `create(ImportImageResponseSchema)` to create a new message.
  */
 export const ImportImageResponseSchema: GenMessage<ImportImageResponse> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 3);
+  messageDesc(file_imagetransfer_v1_transfer, 4);
 
 /**
  * @generated from message imagetransfer.v1.ExportImageRequest
@@ -159,16 +206,18 @@ export type ExportImageRequest = Message<"imagetransfer.v1.ExportImageRequest"> 
   imageId: string;
 
   /**
+   * raw, qcow2, vmdk (streamOptimized), vhd or vhdx.
+   *
    * @generated from field: imagetransfer.v1.DiskFormat disk_format = 2;
    */
   diskFormat: DiskFormat;
 
   /**
-   * Where to write the exported object, e.g. file://STORE/exports/disk.vmdk.
+   * The store to write to; empty means the default store.
    *
-   * @generated from field: string target_uri = 3;
+   * @generated from field: string store = 3;
    */
-  targetUri: string;
+  store: string;
 };
 
 /**
@@ -176,7 +225,7 @@ export type ExportImageRequest = Message<"imagetransfer.v1.ExportImageRequest"> 
  * Use `create(ExportImageRequestSchema)` to create a new message.
  */
 export const ExportImageRequestSchema: GenMessage<ExportImageRequest> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 4);
+  messageDesc(file_imagetransfer_v1_transfer, 5);
 
 /**
  * @generated from message imagetransfer.v1.ExportImageResponse
@@ -193,21 +242,28 @@ export type ExportImageResponse = Message<"imagetransfer.v1.ExportImageResponse"
  * Use `create(ExportImageResponseSchema)` to create a new message.
  */
 export const ExportImageResponseSchema: GenMessage<ExportImageResponse> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 5);
+  messageDesc(file_imagetransfer_v1_transfer, 6);
 
 /**
  * @generated from message imagetransfer.v1.CreateDownloadUrlRequest
  */
 export type CreateDownloadUrlRequest = Message<"imagetransfer.v1.CreateDownloadUrlRequest"> & {
   /**
-   * A stored object, e.g. the store URI in an export task's result.
-   *
-   * @generated from field: string uri = 1;
+   * @generated from field: string image_id = 1;
    */
-  uri: string;
+  imageId: string;
 
   /**
-   * @generated from field: uint32 expires_in_seconds = 2;
+   * An exported format; unspecified means the image as stored.
+   *
+   * @generated from field: imagetransfer.v1.DiskFormat disk_format = 2;
+   */
+  diskFormat: DiskFormat;
+
+  /**
+   * Seconds the URL stays valid; 0 means the configured default.
+   *
+   * @generated from field: uint32 expires_in_seconds = 3;
    */
   expiresInSeconds: number;
 };
@@ -217,7 +273,7 @@ export type CreateDownloadUrlRequest = Message<"imagetransfer.v1.CreateDownloadU
  * Use `create(CreateDownloadUrlRequestSchema)` to create a new message.
  */
 export const CreateDownloadUrlRequestSchema: GenMessage<CreateDownloadUrlRequest> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 6);
+  messageDesc(file_imagetransfer_v1_transfer, 7);
 
 /**
  * @generated from message imagetransfer.v1.CreateDownloadUrlResponse
@@ -232,6 +288,20 @@ export type CreateDownloadUrlResponse = Message<"imagetransfer.v1.CreateDownload
    * @generated from field: google.protobuf.Timestamp expire_time = 2;
    */
   expireTime?: Timestamp | undefined;
+
+  /**
+   * The object the URL reads.
+   *
+   * @generated from field: string uri = 3;
+   */
+  uri: string;
+
+  /**
+   * Bytes at url.
+   *
+   * @generated from field: uint64 size = 4;
+   */
+  size: bigint;
 };
 
 /**
@@ -239,7 +309,7 @@ export type CreateDownloadUrlResponse = Message<"imagetransfer.v1.CreateDownload
  * Use `create(CreateDownloadUrlResponseSchema)` to create a new message.
  */
 export const CreateDownloadUrlResponseSchema: GenMessage<CreateDownloadUrlResponse> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 7);
+  messageDesc(file_imagetransfer_v1_transfer, 8);
 
 /**
  * @generated from message imagetransfer.v1.CopyImageRequest
@@ -251,9 +321,16 @@ export type CopyImageRequest = Message<"imagetransfer.v1.CopyImageRequest"> & {
   imageId: string;
 
   /**
+   * Stores to add the image to.
+   *
    * @generated from field: repeated string stores = 2;
    */
   stores: string[];
+
+  /**
+   * @generated from field: bool all_stores_must_succeed = 3;
+   */
+  allStoresMustSucceed: boolean;
 };
 
 /**
@@ -261,7 +338,7 @@ export type CopyImageRequest = Message<"imagetransfer.v1.CopyImageRequest"> & {
  * Use `create(CopyImageRequestSchema)` to create a new message.
  */
 export const CopyImageRequestSchema: GenMessage<CopyImageRequest> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 8);
+  messageDesc(file_imagetransfer_v1_transfer, 9);
 
 /**
  * @generated from message imagetransfer.v1.CopyImageResponse
@@ -278,14 +355,14 @@ export type CopyImageResponse = Message<"imagetransfer.v1.CopyImageResponse"> & 
  * Use `create(CopyImageResponseSchema)` to create a new message.
  */
 export const CopyImageResponseSchema: GenMessage<CopyImageResponse> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 9);
+  messageDesc(file_imagetransfer_v1_transfer, 10);
 
 /**
  * @generated from message imagetransfer.v1.UploadImageDataRequest
  */
 export type UploadImageDataRequest = Message<"imagetransfer.v1.UploadImageDataRequest"> & {
   /**
-   * Required in the first message only.
+   * A QUEUED image; required in the first message only.
    *
    * @generated from field: string image_id = 1;
    */
@@ -295,6 +372,13 @@ export type UploadImageDataRequest = Message<"imagetransfer.v1.UploadImageDataRe
    * @generated from field: bytes chunk = 2;
    */
   chunk: Uint8Array;
+
+  /**
+   * The format the data is in; first message only. The upload fails if the data disagrees.
+   *
+   * @generated from field: imagetransfer.v1.DiskFormat disk_format = 3;
+   */
+  diskFormat: DiskFormat;
 };
 
 /**
@@ -302,7 +386,7 @@ export type UploadImageDataRequest = Message<"imagetransfer.v1.UploadImageDataRe
  * Use `create(UploadImageDataRequestSchema)` to create a new message.
  */
 export const UploadImageDataRequestSchema: GenMessage<UploadImageDataRequest> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 10);
+  messageDesc(file_imagetransfer_v1_transfer, 11);
 
 /**
  * @generated from message imagetransfer.v1.UploadImageDataResponse
@@ -319,7 +403,7 @@ export type UploadImageDataResponse = Message<"imagetransfer.v1.UploadImageDataR
  * Use `create(UploadImageDataResponseSchema)` to create a new message.
  */
 export const UploadImageDataResponseSchema: GenMessage<UploadImageDataResponse> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 11);
+  messageDesc(file_imagetransfer_v1_transfer, 12);
 
 /**
  * @generated from message imagetransfer.v1.DownloadImageDataRequest
@@ -348,7 +432,7 @@ export type DownloadImageDataRequest = Message<"imagetransfer.v1.DownloadImageDa
  * Use `create(DownloadImageDataRequestSchema)` to create a new message.
  */
 export const DownloadImageDataRequestSchema: GenMessage<DownloadImageDataRequest> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 12);
+  messageDesc(file_imagetransfer_v1_transfer, 13);
 
 /**
  * @generated from message imagetransfer.v1.DownloadImageDataResponse
@@ -365,7 +449,35 @@ export type DownloadImageDataResponse = Message<"imagetransfer.v1.DownloadImageD
  * Use `create(DownloadImageDataResponseSchema)` to create a new message.
  */
 export const DownloadImageDataResponseSchema: GenMessage<DownloadImageDataResponse> = /*@__PURE__*/
-  messageDesc(file_imagetransfer_v1_transfer, 13);
+  messageDesc(file_imagetransfer_v1_transfer, 14);
+
+/**
+ * HashAlgorithm names a checksum the caller can give for verification.
+ *
+ * @generated from enum imagetransfer.v1.HashAlgorithm
+ */
+export enum HashAlgorithm {
+  /**
+   * @generated from enum value: HASH_ALGORITHM_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: HASH_ALGORITHM_SHA256 = 1;
+   */
+  SHA256 = 1,
+
+  /**
+   * @generated from enum value: HASH_ALGORITHM_SHA512 = 2;
+   */
+  SHA512 = 2,
+}
+
+/**
+ * Describes the enum imagetransfer.v1.HashAlgorithm.
+ */
+export const HashAlgorithmSchema: GenEnum<HashAlgorithm> = /*@__PURE__*/
+  enumDesc(file_imagetransfer_v1_transfer, 0);
 
 /**
  * TransferService moves image data: customers upload to and download from stores

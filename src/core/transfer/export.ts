@@ -1,0 +1,83 @@
+import { createHash } from "node:crypto";
+import { stat } from "node:fs/promises";
+import { join } from "node:path";
+import type { DiskFormat, ImageRecord } from "../image.js";
+import { pickStore, resolveStoreUri, storeUri, type StoreObject } from "../store-uri.js";
+import { convert } from "./convert.js";
+import { exportKey, type Executor, type TransferEnvironment } from "./environment.js";
+import { taskFailure } from "./failure.js";
+import { downloadToFile, fanOut, fileChunks } from "./streams.js";
+
+export interface ExportInput {
+  diskFormat: DiskFormat;
+  store: string;
+}
+
+/**
+ * Export: convert an active image to the requested format and write it to a store.
+ * An export of the same image and format already in that store is reused.
+ */
+export const runExport: Executor = async (run, env) => {
+  const input = run.task.input as unknown as ExportInput;
+  const image = await activeImage(env, run.task.imageId);
+  const target = pickStore(env.stores, input.store, "isDefault");
+  const key = exportKey(image.id, input.diskFormat);
+  const uri = storeUri(target, key);
+  if (await target.instance.stat(key, { signal: run.signal })) return { imageId: image.id, storeUris: [uri] };
+
+  const source = storedCopy(env, image);
+  const sourcePath = join(run.workDir, "source");
+  await fetchVerified(source, image, sourcePath, run.signal, (done) => run.progress("fetching", done, image.size));
+  const exportPath = join(run.workDir, "export");
+  await convert(
+    env,
+    { from: image.diskFormat ?? env.config.runtimeFormat, to: input.diskFormat, inputPath: sourcePath, outputPath: exportPath, signal: run.signal },
+    (done, total) => run.progress("converting", done, total),
+  );
+  const size = (await stat(exportPath)).size;
+  const [outcome] = (
+    await fanOut(fileChunks(exportPath, run.signal), [{ store: target.name, instance: target.instance, key }], {
+      signal: run.signal,
+      onBytes: (done) => run.progress("storing", done, size),
+    })
+  ).outcomes;
+  if (outcome!.status === "rejected") {
+    throw taskFailure("STORE_FAILED", `could not write the export to ${target.name}: ${(outcome!.reason as Error).message}`);
+  }
+  return { imageId: image.id, storeUris: [uri] };
+};
+
+export async function activeImage(env: TransferEnvironment, imageId: string): Promise<ImageRecord> {
+  const image = await env.repository.findImage(imageId);
+  if (!image || image.status !== "active") {
+    throw taskFailure("IMAGE_NOT_ACTIVE", `image ${imageId} is ${image?.status.toUpperCase() ?? "gone"}; only ACTIVE images can be exported or copied`);
+  }
+  return image;
+}
+
+/** The first of the image's active copies whose store is open. */
+export function storedCopy(env: TransferEnvironment, image: ImageRecord): StoreObject {
+  for (const location of image.locations.filter((l) => l.status === "active")) {
+    try {
+      return resolveStoreUri(env.stores, location.uri, env.config.region, "location");
+    } catch {
+      // That store is gone or unavailable; try the next copy.
+    }
+  }
+  throw taskFailure("NO_USABLE_LOCATION", `none of image ${image.id}'s stored copies is in an available store`);
+}
+
+/** Fetches a stored copy and checks it against the image's recorded hash, so a corrupt copy never spreads. */
+export async function fetchVerified(
+  source: StoreObject,
+  image: ImageRecord,
+  path: string,
+  signal: AbortSignal,
+  onBytes: (done: number) => void,
+): Promise<void> {
+  const hash = createHash("sha512");
+  await downloadToFile(source.store.instance, source.key, path, { signal, hashes: [hash], onBytes });
+  if (hash.digest("hex") !== image.osHashValue) {
+    throw taskFailure("CHECKSUM_MISMATCH", `the stored copy at ${source.uri} does not match the image's sha512; it may be corrupt`);
+  }
+}

@@ -1,0 +1,241 @@
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { inject, injectable } from "tsyringe";
+import type { Config } from "../config/config.js";
+import { DomainError, failedPrecondition, invalidArgument } from "../core/errors.js";
+import { newId } from "../core/ids.js";
+import { newImageRecord, type DiskFormat, type ImageRecord } from "../core/image.js";
+import type { UrlSigner } from "../core/signed-url.js";
+import { pickStore, resolveStoreUri, storeUri } from "../core/store-uri.js";
+import type { ConfiguredStore } from "../core/stores.js";
+import { TaskHub } from "../core/task-hub.js";
+import type { TaskRunner } from "../core/task-runner.js";
+import { newTaskRecord, type TaskType } from "../core/task.js";
+import type { CopyInput } from "../core/transfer/copy.js";
+import { exportKey } from "../core/transfer/environment.js";
+import type { ExportInput } from "../core/transfer/export.js";
+import type { ImportInput } from "../core/transfer/import.js";
+import { HashAlgorithm, type TransferService } from "../gen/imagetransfer/v1/transfer_pb.js";
+import type * as pb from "../gen/imagetransfer/v1/transfer_pb.js";
+import type { Repository } from "../persistence/repository.js";
+import type { StoreInstance } from "../plugins/plugin-api.js";
+import { Tokens } from "../tokens.js";
+import { diskFormat, imageToProto, taskToProto } from "./convert.js";
+import { principalOf } from "./principal.js";
+import { visibleImage } from "./visibility.js";
+
+const exportFormats: DiskFormat[] = ["raw", "qcow2", "vmdk", "vhd", "vhdx"];
+const hashLengths = { sha256: 64, sha512: 128 } as const;
+const MAX_URL_TTL_SECONDS = 7 * 24 * 3600;
+/** Chunks sent by DownloadImageData: big enough for throughput, far below message limits. */
+const DOWNLOAD_CHUNK_BYTES = 1024 * 1024;
+
+/** Where the service's own temporary URLs point: the configured public URL, else the listener. */
+export interface PublicEndpoint {
+  baseUrl: string;
+}
+
+/**
+ * The four steps of the workflow, each a thin check-then-hand-over: upload and download
+ * hand out temporary URLs, import, export and copy create tasks for the runner, and
+ * the direct data path streams bytes for service principals.
+ */
+@injectable()
+export class TransferServiceImpl implements ServiceImpl<typeof TransferService> {
+  constructor(
+    @inject(Tokens.Config) private readonly config: Config,
+    @inject(Tokens.Repository) private readonly repository: Repository,
+    @inject(Tokens.Stores) private readonly stores: ConfiguredStore[],
+    @inject(TaskHub) private readonly hub: TaskHub,
+    @inject(Tokens.TaskRunner) private readonly runner: TaskRunner,
+    @inject(Tokens.UrlSigner) private readonly signer: UrlSigner,
+    @inject(Tokens.PublicEndpoint) private readonly endpoint: PublicEndpoint,
+  ) {}
+
+  async createUploadUrl(req: pb.CreateUploadUrlRequest, ctx: HandlerContext) {
+    const store = pickStore(this.stores, req.store, "isStaging");
+    if (!store.capabilities?.write) throw failedPrecondition(`store "${store.name}" does not accept writes`);
+    let key = `uploads/${newId()}`;
+    if (req.imageId !== "") {
+      const image = await visibleImage(this.repository, req.imageId, ctx, "image_id");
+      if (image.status !== "queued") throw failedPrecondition(`image ${image.id} is ${image.status.toUpperCase()}; uploads are for QUEUED images`);
+      key = `uploads/${image.id}/${newId()}`;
+    }
+    const { url, expireTime } = await this.temporaryUrl(store, key, "PUT", req.expiresInSeconds);
+    return { url, method: "PUT", expireTime: timestampFromDate(expireTime), seedUri: storeUri(store, key) };
+  }
+
+  async importImage(req: pb.ImportImageRequest, ctx: HandlerContext) {
+    if (req.seedUri === "") throw invalidArgument("seed_uri is required, e.g. the seed_uri from CreateUploadUrl");
+    resolveStoreUri(this.stores, req.seedUri, this.config.region);
+    const stores = this.destinationStores(req.stores);
+    const declared = diskFormat.fromProto(req.diskFormat, "disk_format");
+    const input: ImportInput = {
+      seedUri: req.seedUri,
+      diskFormat: declared,
+      stores,
+      allStoresMustSucceed: req.allStoresMustSucceed,
+      expectedHash: expectedHash(req.expectedHash),
+    };
+    const image = req.imageId === ""
+      ? await this.newImage(ctx, req.name, declared)
+      : await this.claimQueuedImage(req.imageId, ctx);
+    const task = await this.createTask("import", image, ctx, input);
+    return { task: taskToProto(task), image: imageToProto(image) };
+  }
+
+  async exportImage(req: pb.ExportImageRequest, ctx: HandlerContext) {
+    const image = await this.activeImage(req.imageId, ctx);
+    const format = diskFormat.fromProto(req.diskFormat, "disk_format");
+    if (!format || !exportFormats.includes(format)) throw invalidArgument(`disk_format must be one of ${exportFormats.join(", ")}`);
+    const store = pickStore(this.stores, req.store, "isDefault");
+    const input: ExportInput = { diskFormat: format, store: store.name };
+    return { task: taskToProto(await this.createTask("export", image, ctx, input)) };
+  }
+
+  async createDownloadUrl(req: pb.CreateDownloadUrlRequest, ctx: HandlerContext) {
+    const image = await this.activeImage(req.imageId, ctx);
+    const format = diskFormat.fromProto(req.diskFormat, "disk_format");
+    const { store, key } = await this.downloadObject(image, format);
+    const info = await store.instance.stat(key);
+    if (!info) throw failedPrecondition(`the stored object for image ${image.id} is missing from store "${store.name}"`);
+    const { url, expireTime } = await this.temporaryUrl(store, key, "GET", req.expiresInSeconds);
+    return { url, expireTime: timestampFromDate(expireTime), uri: storeUri(store, key), size: BigInt(info.size) };
+  }
+
+  async copyImage(req: pb.CopyImageRequest, ctx: HandlerContext) {
+    const image = await this.activeImage(req.imageId, ctx);
+    if (req.stores.length === 0) throw invalidArgument("stores must name at least one store to copy to");
+    const input: CopyInput = { stores: this.destinationStores(req.stores), allStoresMustSucceed: req.allStoresMustSucceed };
+    return { task: taskToProto(await this.createTask("copy", image, ctx, input)) };
+  }
+
+  /**
+   * The direct upload path: the data goes to the staging store as it arrives, then
+   * through the same import task as any upload, and the call returns when it has ended.
+   */
+  async uploadImageData(requests: AsyncIterable<pb.UploadImageDataRequest>, ctx: HandlerContext) {
+    const iterator = requests[Symbol.asyncIterator]();
+    const first = await iterator.next();
+    if (first.done) throw invalidArgument("the first message must name the image");
+    const image = await visibleImage(this.repository, first.value.imageId, ctx, "image_id");
+    const declared = diskFormat.fromProto(first.value.diskFormat, "disk_format");
+    await this.repository.updateImage(image.id, { expect: ["queued"], status: "uploading" });
+    const staging = pickStore(this.stores, "", "isStaging");
+    const key = `uploads/${image.id}/${newId()}`;
+    const maxBytes = this.config.maxImageBytes;
+    async function* chunks() {
+      let total = 0;
+      for (let next = first; !next.done; next = await iterator.next()) {
+        total += next.value.chunk.length;
+        if (total > maxBytes) throw new DomainError("resource-exhausted", "IMAGE_TOO_LARGE", `the image is larger than the limit of ${maxBytes} bytes`);
+        if (next.value.chunk.length > 0) yield next.value.chunk;
+      }
+    }
+    try {
+      await staging.instance.write(key, chunks(), { signal: ctx.signal });
+    } catch (err) {
+      await this.repository.updateImage(image.id, { expect: ["uploading"], status: "killed" }).catch(() => undefined);
+      throw err;
+    }
+    const importing = await this.repository.updateImage(image.id, { expect: ["uploading"], status: "importing" });
+    const input: ImportInput = { seedUri: storeUri(staging, key), diskFormat: declared, stores: [], allStoresMustSucceed: true };
+    const task = await this.createTask("import", importing, ctx, input);
+    try {
+      let last = task;
+      for await (const snapshot of this.hub.watch(task.id, ctx.signal)) last = snapshot;
+      if (last.state !== "succeeded") {
+        throw failedPrecondition(`the upload did not become an image: ${last.error?.message ?? last.state}`, last.error?.reason);
+      }
+    } finally {
+      await staging.instance.delete(key).catch(() => undefined);
+    }
+    return { image: imageToProto((await this.repository.findImage(image.id))!) };
+  }
+
+  async *downloadImageData(req: pb.DownloadImageDataRequest, ctx: HandlerContext) {
+    const image = await this.activeImage(req.imageId, ctx);
+    const { store, key } = await this.downloadObject(image, undefined);
+    const offset = Number(req.offset);
+    if (offset > image.size) throw invalidArgument(`offset ${offset} is beyond the image's ${image.size} bytes`);
+    const length = req.length === 0n ? undefined : Math.min(Number(req.length), image.size - offset);
+    const stream = await store.instance.read(key, { range: { offset, length }, signal: ctx.signal });
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      pending.push(chunk);
+      pendingBytes += chunk.length;
+      if (pendingBytes >= DOWNLOAD_CHUNK_BYTES) {
+        yield { chunk: Buffer.concat(pending) };
+        pending = [];
+        pendingBytes = 0;
+      }
+    }
+    if (pendingBytes > 0) yield { chunk: Buffer.concat(pending) };
+  }
+
+  private async activeImage(rawId: string, ctx: HandlerContext): Promise<ImageRecord> {
+    const image = await visibleImage(this.repository, rawId, ctx, "image_id");
+    if (image.status !== "active") throw failedPrecondition(`image ${image.id} is ${image.status.toUpperCase()}; it must be ACTIVE`, "IMAGE_NOT_ACTIVE");
+    return image;
+  }
+
+  /** The image as stored, or its export in `format`, which must already exist. */
+  private async downloadObject(image: ImageRecord, format: DiskFormat | undefined) {
+    if (format === undefined || format === image.diskFormat) {
+      const location = image.locations.find((l) => l.status === "active");
+      if (!location) throw failedPrecondition(`image ${image.id} has no stored copy`, "NO_USABLE_LOCATION");
+      return resolveStoreUri(this.stores, location.uri, this.config.region, "location");
+    }
+    const store = pickStore(this.stores, "", "isDefault");
+    const key = exportKey(image.id, format);
+    if (!(await store.instance.stat(key))) {
+      throw failedPrecondition(`image ${image.id} has no ${format} export yet; run ExportImage with that format first`, "EXPORT_MISSING");
+    }
+    return { store, key };
+  }
+
+  private destinationStores(names: string[]): string[] {
+    return [...new Set(names)].map((name) => pickStore(this.stores, name, "isDefault").name);
+  }
+
+  private async newImage(ctx: HandlerContext, name: string, declared: DiskFormat | undefined): Promise<ImageRecord> {
+    if (name.length > 255) throw invalidArgument("name is longer than 255 characters");
+    const image = newImageRecord({ id: newId(), owner: principalOf(ctx).project, name, diskFormat: declared, status: "importing" }, Date.now());
+    await this.repository.insertImage(image);
+    return image;
+  }
+
+  private async claimQueuedImage(rawId: string, ctx: HandlerContext): Promise<ImageRecord> {
+    const image = await visibleImage(this.repository, rawId, ctx, "image_id");
+    return this.repository.updateImage(image.id, { expect: ["queued"], status: "importing" });
+  }
+
+  private async createTask(type: TaskType, image: ImageRecord, ctx: HandlerContext, input: object) {
+    const task = await this.hub.create(
+      newTaskRecord({ id: newId(), type, imageId: image.id, owner: principalOf(ctx).project, input: { ...input } }, Date.now()),
+    );
+    this.runner.poke();
+    return task;
+  }
+
+  /** The store's own temporary URL where it has one, else the service's signed data endpoint. */
+  private async temporaryUrl(store: ConfiguredStore & { instance: StoreInstance }, key: string, method: "GET" | "PUT", seconds: number) {
+    if (seconds > MAX_URL_TTL_SECONDS) throw invalidArgument(`expires_in_seconds must be at most ${MAX_URL_TTL_SECONDS}`);
+    const ttl = seconds === 0 ? this.config.urlTtlSeconds : seconds;
+    const native = method === "GET" ? store.capabilities?.presignGet : store.capabilities?.presignPut;
+    if (native && store.instance.presign) return store.instance.presign(key, { method, expiresInSeconds: ttl });
+    return this.signer.url(this.endpoint.baseUrl, method, store.name, key, ttl);
+  }
+}
+
+function expectedHash(hash: pb.ExpectedHash | undefined): ImportInput["expectedHash"] {
+  if (!hash || (hash.algorithm === HashAlgorithm.UNSPECIFIED && hash.value === "")) return undefined;
+  const algorithm = hash.algorithm === HashAlgorithm.SHA256 ? "sha256" : hash.algorithm === HashAlgorithm.SHA512 ? "sha512" : undefined;
+  if (!algorithm) throw invalidArgument("expected_hash.algorithm must be SHA256 or SHA512");
+  const value = hash.value.toLowerCase();
+  if (value.length !== hashLengths[algorithm] || !/^[0-9a-f]+$/.test(value)) {
+    throw invalidArgument(`expected_hash.value must be ${hashLengths[algorithm]} hex digits for ${algorithm}`);
+  }
+  return { algorithm, value };
+}
