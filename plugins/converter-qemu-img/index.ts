@@ -128,6 +128,7 @@ async function describe(file: string, format: FormatName, options?: CallOptions)
   const stdout = await runQemuImg("info", ["info", "--output=json", "-f", qemuFormat, path.resolve(file)], {
     signal: options?.signal,
     collectStdout: true,
+    limited: true,
   });
   let info: QemuImgInfo;
   try {
@@ -157,6 +158,11 @@ interface QemuImgInfo {
 
 interface RunOptions {
   signal?: AbortSignal;
+  /**
+   * Runs under prlimit (30 s of CPU, 1 GiB of address space): parsing a hostile header
+   * must not be able to exhaust the host, as OpenStack limits its qemu-img info too.
+   */
+  limited?: boolean;
   onStdout?(chunk: string): void;
   collectStdout?: boolean;
 }
@@ -174,7 +180,10 @@ function runQemuImg(subcommand: string, args: string[], options: RunOptions): Pr
       return;
     }
     const failed = (detail: string) => new Error(`qemu-img ${subcommand} failed: ${detail}`);
-    const child = spawn(QEMU_IMG, args, { stdio: ["ignore", "pipe", "pipe"] });
+    const [command, commandArgs] = options.limited
+      ? ["prlimit", ["--cpu=30", `--as=${1024 ** 3}`, "--", QEMU_IMG, ...args]]
+      : [QEMU_IMG, args];
+    const child = spawn(command, commandArgs, { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     let tooMuchOutput = false;

@@ -3,22 +3,25 @@
  * reads the bytes. A later inspector grows from this; for now it answers "which format, and
  * how big is the disk the guest sees" where the header says so directly.
  *
- * What is read, per format (offsets in bytes, sizes in bytes unless noted):
+ * What is read, per format (offsets in bytes; all sizes in bytes unless noted):
  *
- * | format | where                              | magic                  | virtual size                                  |
- * |--------|------------------------------------|------------------------|-----------------------------------------------|
- * | qcow2  | head 0 (QEMU docs/interop/qcow2)   | "QFI\xfb"              | u64 BE at 24                                  |
- * | vmdk   | head 0 (VMware Virtual Disk Format 1.1) | "KDMV" (sparse extent) | u64 LE at 12, in 512-byte sectors        |
- * | vmdk   | head 0                             | "# Disk DescriptorFile" | sum of the extent lines' sectors × 512       |
- * | vhdx   | head 0 (MS-VHDX 2.2.1)             | "vhdxfile"             | (in the metadata region, beyond the head)     |
- * | vdi    | head 0 (VirtualBox VDI header)     | "<<< " and u32 LE 0xbeda107f at 0x40 | u64 LE at 0x170 (header v1.x) |
- * | vhd    | tail's last 512 bytes, or head 0 (VHD spec, hard disk footer) | "conectix" | u64 BE at footer offset 48 ("current size") |
- * | iso    | head 0x8001 (ECMA-119 8.4)         | "CD001"                | u32 LE at 0x8050 × u16 LE at 0x8080           |
- * | raw    | anything else                      |                        | the file's size                               |
+ * - qcow2 (QEMU docs/interop/qcow2.txt): "QFI\xfb" at 0; virtual size u64 BE at 24.
+ * - vmdk (VMware Virtual Disk Format 1.1): a sparse extent, "KDMV" at 0, capacity u64 LE
+ *   at 12 in 512-byte sectors; or a text descriptor starting "# Disk DescriptorFile",
+ *   whose extent lines ("RW <sectors> FLAT ...") add up to the size.
+ * - vhdx (MS-VHDX 2.2.1): "vhdxfile" at 0; the size lives in the metadata region, far
+ *   beyond the head, so none is given.
+ * - vdi (VirtualBox): "<<< " at 0 and signature 0xbeda107f (u32 LE) at 0x40; for header
+ *   version 1.x, the disk size u64 LE at 0x170.
+ * - vhd (Microsoft VHD Image Format Specification, hard disk footer): cookie "conectix" at
+ *   the start of the last 512 bytes (every VHD) or at 0 (the copy dynamic and differencing
+ *   disks keep); "current size" u64 BE at footer offset 48.
+ * - iso (ECMA-119 8.4, primary volume descriptor at 0x8000): "CD001" at 0x8001; volume space
+ *   size u32 LE at 0x8050 times logical block size u16 LE at 0x8080.
+ * - raw: anything else; the file's size.
  *
- * A fixed VHD is raw data followed by a 512-byte footer; a dynamic or differencing VHD also
- * starts with a copy of it. ISO 9660 fields at 0x8050 and 0x8080 are "both-byte orders"
- * (LE then BE); the little-endian half is read.
+ * The ISO 9660 fields are "both-byte order" (LE then BE); the little-endian half is read.
+ * Magics are tried in the order above; the first that matches wins.
  */
 
 export const FORMATS = ["raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso"] as const;

@@ -84,7 +84,10 @@ export function createDataEndpoint(options: DataEndpointOptions): (req: Request,
         "data request",
       );
     });
+    let gone = false; // the connection closed before the response was complete
+    res.once("close", () => (gone = !finished(res)));
     handle(req, res, exchange).catch((err: unknown) => {
+      if (gone) return; // nobody to answer (a stat or read aborted because the client left)
       if (err instanceof HttpError) {
         sendError(req, res, err.status, err.message, err.headers);
         return;

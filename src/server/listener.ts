@@ -34,6 +34,9 @@ export async function listen(handler: Handler, options: { address: string; tls?:
     : http2.createServer({ settings: http2Settings }, handler);
   const h1 = http.createServer(handler as http.RequestListener);
   h1.keepAliveTimeout = 65_000;
+  // An image upload may take hours: no limit on a whole request, but a stalled one is cut.
+  h1.requestTimeout = 0;
+  h1.timeout = 120_000;
   // h1 never listens itself (it gets sockets from the sniffer); "listening" is what starts
   // Node's connection tracking, which idle-connection closing and header timeouts need.
   h1.emit("listening");

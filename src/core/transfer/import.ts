@@ -112,6 +112,10 @@ export const runImport: Executor = async (run, env) => {
         locations,
       },
     });
+    // An upload staged through a temporary URL has served its purpose; a customer's own object stays.
+    if (source.store.isStaging && source.key.startsWith("uploads/")) {
+      await source.store.instance.delete(source.key).catch((err) => env.logger.warn({ err: String(err), uri: input.seedUri }, "could not remove staged upload"));
+    }
     const result: TaskResult = { imageId, storeUris: locations.filter((l) => l.status === "active").map((l) => l.uri) };
     return failed.length > 0 ? { ...result, failedStores: failed } : result;
   } catch (err) {
