@@ -45,14 +45,18 @@ export class PluginRegistry {
     return this.stores.get(scheme)?.driver;
   }
 
-  /** A converter's describe(), from the first converter that reads this format and can describe it. */
+  /** A converter's describe(), from the last-loaded converter that reads this format and can describe it. */
   describerFor(format: string): ConverterDriver["describe"] | undefined {
-    const found = this.converters.find(({ driver }) => driver.describe && driver.conversions.some((c) => c.from === format));
+    const found = this.converters.findLast(({ driver }) => driver.describe && driver.conversions.some((c) => c.from === format));
     return found?.driver.describe?.bind(found.driver);
   }
 
-  /** The first converter that handles the pair, in load order. */
+  /**
+   * The converter for a pair. Plugins load built-ins first, then each --plugins-dir in
+   * order, and the last one loaded that handles the pair wins: an operator's plugin can
+   * take a pair over from a built-in one.
+   */
   converterFor(from: string, to: string): ConverterDriver | undefined {
-    return this.converters.find(({ driver }) => driver.conversions.some((c) => c.from === from && c.to === to))?.driver;
+    return this.converters.findLast(({ driver }) => driver.conversions.some((c) => c.from === from && c.to === to))?.driver;
   }
 }
