@@ -111,28 +111,29 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
 }
 
 export interface RunningService extends Service {
-  listener: Listener;
+  /** Absent for role "worker". */
+  listener?: Listener;
 }
 
-/** Builds the service and listens on the configured address. */
+/** Builds the service, listens on the configured address unless it is a worker, and starts running tasks unless it is an API server. */
 export async function startService(config: Config, logger: Logger): Promise<RunningService> {
   const service = await buildService(config, logger);
-  let listener: Listener;
+  let listener: Listener | undefined;
   try {
-    listener = await listen(service.handler, { address: config.listen, tls: config.tls });
+    if (config.role !== "worker") listener = await listen(service.handler, { address: config.listen, tls: config.tls });
   } catch (err) {
     await service.close();
     throw err;
   }
-  service.endpoint.baseUrl ||= listener.url;
-  service.runner.start();
-  logger.info({ url: listener.url, database: config.mongodbUri ? "mongodb" : "embedded" }, "imagetransfer listening");
+  service.endpoint.baseUrl ||= listener?.url ?? "";
+  if (config.role !== "api") service.runner.start();
+  logger.info({ url: listener?.url, role: config.role, database: config.mongodbUri ? "mongodb" : "embedded" }, "imagetransfer started");
   return {
     ...service,
     listener,
     async close() {
       service.container.resolve(TaskHub).close();
-      await listener.close();
+      await listener?.close();
       await service.close();
     },
   };

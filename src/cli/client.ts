@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import { AdminService } from "../gen/imagetransfer/v1/admin_pb.js";
 import { ImageService } from "../gen/imagetransfer/v1/image_pb.js";
 import { TaskService } from "../gen/imagetransfer/v1/task_pb.js";
+import { TransferService } from "../gen/imagetransfer/v1/transfer_pb.js";
 import { ExitCode, reportError, UsageError, type ClientOptions } from "./output.js";
 
 export const DEFAULT_SERVER = "http://127.0.0.1:50051";
@@ -16,6 +17,7 @@ export interface Clients {
   server: string;
   images: Client<typeof ImageService>;
   tasks: Client<typeof TaskService>;
+  transfer: Client<typeof TransferService>;
   admin: Client<typeof AdminService>;
 }
 
@@ -52,6 +54,7 @@ export function createClients(server: string): Clients {
     server,
     images: createClient(ImageService, transport),
     tasks: createClient(TaskService, transport),
+    transfer: createClient(TransferService, transport),
     admin: createClient(AdminService, transport),
   };
 }

@@ -6,6 +6,7 @@ import { registerImages } from "./images.js";
 import { ExitCode, exitCodesHelp, reportError } from "./output.js";
 import { registerServe } from "./serve.js";
 import { registerTasks } from "./tasks.js";
+import { registerTransfer } from "./transfer.js";
 
 // A reader that stops early (`itx tasks watch ID | head -3`) is not an error.
 process.stdout.on("error", (err: NodeJS.ErrnoException) => {
@@ -25,6 +26,7 @@ program
 registerServe(program);
 registerImages(program);
 registerTasks(program);
+registerTransfer(program);
 registerAdmin(program);
 program.addHelpText("after", exitCodesHelp);
 

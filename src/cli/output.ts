@@ -10,22 +10,23 @@ export const ExitCode = {
   rpc: 1,
   /** The command line was wrong. */
   usage: 2,
-  /** `tasks watch`: the task ended FAILED. */
+  /** `tasks watch` or `--wait`: the task ended FAILED. */
   taskFailed: 3,
-  /** `tasks watch`: the task ended CANCELED. */
+  /** `tasks watch` or `--wait`: the task ended CANCELED. */
   taskCanceled: 4,
-  /** `tasks watch` stopped by Ctrl-C; the task keeps running. */
+  /** `tasks watch` or `--wait` stopped by Ctrl-C; the task keeps running. */
   interrupted: 130,
 } as const;
 
 export const exitCodesHelp = `
 Exit codes:
-  0    success; for "tasks watch", the task SUCCEEDED
-  1    the server answered with an error or could not be reached
+  0    success; for "tasks watch" and --wait, the task SUCCEEDED
+  1    the server answered with an error or could not be reached; an upload or
+       download URL answered with an HTTP error
   2    usage error (unknown command or option, invalid value)
-  3    "tasks watch": the task FAILED (its reason and message go to stderr)
-  4    "tasks watch": the task was CANCELED
-  130  "tasks watch" stopped by Ctrl-C (the task itself is not canceled)
+  3    "tasks watch", --wait: the task FAILED (its reason and message go to stderr)
+  4    "tasks watch", --wait: the task was CANCELED
+  130  "tasks watch", --wait: stopped by Ctrl-C (the task itself is not canceled)
 
 Errors are one line on stderr: "itx: <code>: <message>", e.g. "itx: not_found: image ... not found".
 With --json, stdout carries only the response as protobuf JSON.`;
@@ -33,6 +34,21 @@ With --json, stdout carries only the response as protobuf JSON.`;
 /** A mistake on the command line: exit code 2. */
 export class UsageError extends Error {
   override readonly name = "UsageError";
+}
+
+/**
+ * An expected failure outside RPCs, such as an HTTP error from an upload or download
+ * URL: reported as "itx: <code>: <message>", exit code 1.
+ */
+export class CliError extends Error {
+  override readonly name = "CliError";
+  constructor(
+    readonly code: string,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
 }
 
 /** Options every client command accepts. */
@@ -218,6 +234,10 @@ export function reportError(err: unknown, server?: string): number {
     printError("usage", err.message);
     return ExitCode.usage;
   }
+  if (err instanceof CliError) {
+    printError(err.code, err.message);
+    return ExitCode.rpc;
+  }
   if (err instanceof ConnectError) {
     const chain = nodeErrorChain(err.cause);
     const network = chain.find((e) => e.code !== undefined && unreachableCodes.has(e.code));
@@ -347,4 +367,45 @@ export function renderProgress(meter: ProgressMeter, width = 80): string {
     return `${head}  [${"#".repeat(filled)}${"-".repeat(barWidth - filled)}]  ${tail}`;
   }
   return `${head}  ${tail}`.slice(0, width);
+}
+
+/**
+ * The live progress line on a terminal, redrawn in place on every update and every
+ * second (so the rate decays while nothing moves). `stop()` leaves the last drawing on
+ * screen and moves to the next line.
+ */
+export class LiveProgress {
+  private readonly meter: ProgressMeter;
+  private readonly timer: NodeJS.Timeout;
+  private stopped = false;
+
+  constructor(
+    private readonly stream: NodeJS.WriteStream,
+    initial?: ProgressSample,
+    now: () => number = Date.now,
+  ) {
+    this.meter = new ProgressMeter(now);
+    if (initial) this.meter.update(initial);
+    this.timer = setInterval(() => this.draw(), 1_000);
+    this.timer.unref();
+    this.draw();
+  }
+
+  update(sample: ProgressSample): void {
+    this.meter.update(sample);
+    this.draw();
+  }
+
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.timer);
+    this.draw();
+    this.stream.write("\n");
+  }
+
+  private draw(): void {
+    const width = Math.max(20, (this.stream.columns || 80) - 1);
+    this.stream.write(`\r\x1b[2K${renderProgress(this.meter, width)}`);
+  }
 }

@@ -19,6 +19,7 @@ export function registerServe(program: Command): void {
     .option("--plugins-dir <dir>", "load plugins from this folder too; repeatable (env ITX_PLUGINS_DIRS, ':'-separated)", collect)
     .option("--tls-cert <file>", "serve TLS with this certificate (env ITX_TLS_CERT)")
     .option("--tls-key <file>", "the TLS private key (env ITX_TLS_KEY)")
+    .option("--role <role>", "all (default), api (serve only) or worker (run tasks only, no listener) (env ITX_ROLE)")
     .option("--log-level <level>", "fatal, error, warn, info, debug, trace or silent (env ITX_LOG_LEVEL)")
     .action(async (opts: Record<string, string | string[] | undefined>) => {
       let config;
@@ -34,6 +35,7 @@ export function registerServe(program: Command): void {
             "tls.cert": opts.tlsCert,
             "tls.key": opts.tlsKey,
             logLevel: opts.logLevel,
+            role: opts.role,
           },
         });
       } catch (err) {
@@ -63,6 +65,6 @@ export function registerServe(program: Command): void {
       process.once("SIGTERM", () => void stop("SIGTERM"));
       // Scripts and tests wait for this line to know the port (useful with port 0), and may
       // signal at once: the handlers above are in place by then.
-      process.stdout.write(`listening on ${service.listener.url}\n`);
+      process.stdout.write(service.listener ? `listening on ${service.listener.url}\n` : "worker started\n");
     });
 }

@@ -7,6 +7,7 @@ import {
   ListTasksResponseSchema,
   TaskState,
   TaskStateSchema,
+  TaskSchema,
   TaskTypeSchema,
   WatchTaskResponseSchema,
   type Task,
@@ -26,8 +27,7 @@ import {
   printError,
   printJson,
   printJsonLine,
-  ProgressMeter,
-  renderProgress,
+  LiveProgress,
   type ClientOptions,
   type Column,
   type ProgressSample,
@@ -108,39 +108,20 @@ function sampleOf(task: Task): ProgressSample {
   };
 }
 
-/** The live progress line on a terminal, redrawn in place on every change and every second. */
-class LiveProgress {
-  private readonly meter = new ProgressMeter();
-  private readonly timer: NodeJS.Timeout;
-
-  constructor(private readonly stream: NodeJS.WriteStream) {
-    this.timer = setInterval(() => this.draw(), 1_000);
-    this.draw();
-  }
-
-  update(task: Task): void {
-    this.meter.update(sampleOf(task));
-    this.draw();
-  }
-
-  /** Leaves the last drawing on screen and moves to the next line. */
-  stop(): void {
-    clearInterval(this.timer);
-    this.draw();
-    this.stream.write("\n");
-  }
-
-  private draw(): void {
-    const width = Math.max(20, (this.stream.columns || 80) - 1);
-    this.stream.write(`\r\x1b[2K${renderProgress(this.meter, width)}`);
-  }
-}
+/**
+ * How a followed task is shown: "lines" is a live bar on stderr when it is a terminal,
+ * else one plain line per change on stdout; "json-lines" prints every WatchTaskResponse
+ * as a JSON line; "final-json" prints nothing while the task runs and the final Task as
+ * one protobuf JSON document once it has ended.
+ */
+export type FollowOutput = "lines" | "json-lines" | "final-json";
 
 /**
- * Follows a task until it ends. Ctrl-C stops watching; the task keeps going.
- * Returns the exit code: 0 SUCCEEDED, 3 FAILED, 4 CANCELED, 130 interrupted.
+ * Follows a task until it ends, as `tasks watch` and every `--wait` do. Ctrl-C stops
+ * watching; the task keeps going. Returns the exit code: 0 SUCCEEDED, 3 FAILED,
+ * 4 CANCELED, 130 interrupted.
  */
-async function watchTask({ tasks }: Clients, id: string, json: boolean): Promise<number> {
+export async function followTask({ tasks }: Clients, id: string, output: FollowOutput): Promise<number> {
   const controller = new AbortController();
   let interrupted = false;
   const onInterrupt = () => {
@@ -148,7 +129,7 @@ async function watchTask({ tasks }: Clients, id: string, json: boolean): Promise
     controller.abort();
   };
   process.once("SIGINT", onInterrupt);
-  const live = !json && process.stderr.isTTY === true ? new LiveProgress(process.stderr) : undefined;
+  const live = output === "lines" && process.stderr.isTTY === true ? new LiveProgress(process.stderr) : undefined;
   let last: Task | undefined;
   try {
     for await (const response of tasks.watchTask({ id }, { signal: controller.signal })) {
@@ -156,8 +137,9 @@ async function watchTask({ tasks }: Clients, id: string, json: boolean): Promise
       // Versions only grow; anything else is a repeat.
       if (!task || (last && task.version <= last.version)) continue;
       last = task;
-      if (json) printJsonLine(WatchTaskResponseSchema, response);
-      else if (live) live.update(task);
+      if (output === "json-lines") printJsonLine(WatchTaskResponseSchema, response);
+      else if (output === "final-json") continue;
+      else if (live) live.update(sampleOf(task));
       else process.stdout.write(plainWatchLine(task));
     }
   } catch (err) {
@@ -174,6 +156,7 @@ async function watchTask({ tasks }: Clients, id: string, json: boolean): Promise
     printError("unavailable", `the server ended the watch before task ${id} finished`);
     return ExitCode.rpc;
   }
+  if (output === "final-json") printJson(TaskSchema, last);
   const reason = `${orDash(last.error?.reason)}: ${orDash(last.error?.message)}`;
   switch (last.state) {
     case TaskState.SUCCEEDED:
@@ -253,5 +236,5 @@ With --json, stdout gets each WatchTaskResponse as one compact JSON line (JSON L
 Exit codes: 0 SUCCEEDED, 3 FAILED (reason and message on stderr), 4 CANCELED,
 1 RPC error, 130 Ctrl-C (stops watching; the task is not canceled).`,
       ),
-  ).action((id: string, opts: ClientOptions) => runClient(opts, (clients) => watchTask(clients, id, opts.json === true)));
+  ).action((id: string, opts: ClientOptions) => runClient(opts, (clients) => followTask(clients, id, opts.json ? "json-lines" : "lines")));
 }

@@ -39,6 +39,11 @@ export const configSchema = z
     publicUrl: z.url().optional(),
     /** Key for the service's own temporary URLs (hex or base64, at least 32 bytes); default a key kept in dataDir. */
     urlSigningKey: z.string().min(1).optional(),
+    /**
+     * What this process does: "all" serves the API and runs tasks; "api" only serves (its
+     * tasks run in other processes); "worker" only runs tasks, with no listener.
+     */
+    role: z.enum(["all", "api", "worker"]).default("all"),
     /** Tasks this process runs at once. */
     maxConcurrentTasks: z.number().int().min(1).max(64).default(2),
     stores: z
@@ -77,6 +82,7 @@ export const environmentKeys = {
   ITX_PLUGINS_DIRS: "pluginsDirs",
   ITX_LOG_LEVEL: "logLevel",
   ITX_PUBLIC_URL: "publicUrl",
+  ITX_ROLE: "role",
   ITX_URL_SIGNING_KEY: "urlSigningKey",
   ITX_TLS_CERT: "tls.cert",
   ITX_TLS_KEY: "tls.key",

@@ -30,17 +30,27 @@ export function resolveStoreUri(stores: readonly ConfiguredStore[], uri: string,
   if (!store.schemes.includes(scheme)) {
     throw invalidArgument(`${field} uses scheme "${scheme}" but store "${name}" serves ${store.schemes.join(", ") || "none"}`);
   }
-  if (store.region !== region) {
-    throw failedPrecondition(`store "${name}" is in region ${store.region}; this service works in region ${region}`, "WRONG_REGION");
-  }
+  checkRegion(store, region);
   return { store: usable(store), key: decodeKey(key, field), uri };
 }
 
-/** The named store, or the one flagged `flag` when no name is given; it must be open. */
-export function pickStore(stores: readonly ConfiguredStore[], name: string, flag: "isDefault" | "isStaging"): ConfiguredStore & { instance: StoreInstance } {
+/** The named store, or the one flagged `flag` when no name is given; it must be open and in this service's region. */
+export function pickStore(
+  stores: readonly ConfiguredStore[],
+  name: string,
+  flag: "isDefault" | "isStaging",
+  region: string,
+): ConfiguredStore & { instance: StoreInstance } {
   const store = name === "" ? stores.find((s) => s[flag]) : stores.find((s) => s.name === name);
   if (!store) throw invalidArgument(name === "" ? "no store is configured for this" : `store "${name}" is not configured here; see ListStores`);
+  checkRegion(store, region);
   return usable(store);
+}
+
+function checkRegion(store: ConfiguredStore, region: string): void {
+  if (store.region !== region) {
+    throw failedPrecondition(`store "${store.name}" is in region ${store.region}; this service works in region ${region}`, "WRONG_REGION");
+  }
 }
 
 function usable(store: ConfiguredStore): ConfiguredStore & { instance: StoreInstance } {

@@ -117,13 +117,16 @@ export class TaskHub {
 
 /**
  * Keeps the latest progress and writes it at most once per interval, one write at a
- * time, so a fast pipeline cannot flood the database.
+ * time, so a fast pipeline cannot flood the database. A new stage is written without
+ * waiting, and every stage is written at least once, however short it was.
  */
 export class ProgressReporter {
-  private pending?: TaskProgress;
+  /** At most one sample per stage, oldest first; only the last one is replaced by newer samples. */
+  private pending: TaskProgress[] = [];
   private inFlight?: Promise<void>;
   private timer?: NodeJS.Timeout;
   private lastWrite = 0;
+  private lastStage?: string;
 
   constructor(
     private readonly write: (progress: TaskProgress) => Promise<void>,
@@ -131,32 +134,42 @@ export class ProgressReporter {
   ) {}
 
   report(progress: TaskProgress): void {
-    this.pending = progress;
-    if (this.timer || this.inFlight) return;
-    const wait = this.lastWrite + this.intervalMs - Date.now();
-    if (wait <= 0) void this.writePending();
-    else this.timer = setTimeout(() => void this.writePending(), wait);
+    const last = this.pending.at(-1);
+    if (last && last.stage === progress.stage) this.pending[this.pending.length - 1] = progress;
+    else this.pending.push(progress);
+    this.schedule();
   }
 
   /** Writes whatever is pending now and waits for every write to finish. */
   async flush(): Promise<void> {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    await this.inFlight;
-    if (this.pending) await this.writePending();
+    // A finished write may schedule the next one, so loop until nothing is left either way.
+    while (this.inFlight || this.pending.length > 0) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      if (this.inFlight) await this.inFlight;
+      else await this.writeNext();
+    }
   }
 
-  private async writePending(): Promise<void> {
+  private schedule(): void {
+    if (this.timer || this.inFlight || this.pending.length === 0) return;
+    const stageChanged = this.pending[0]!.stage !== this.lastStage;
+    const wait = stageChanged ? 0 : this.lastWrite + this.intervalMs - Date.now();
+    if (wait <= 0) void this.writeNext();
+    else this.timer = setTimeout(() => void this.writeNext(), wait);
+  }
+
+  private async writeNext(): Promise<void> {
     this.timer = undefined;
-    const progress = this.pending;
+    const progress = this.pending.shift();
     if (!progress) return;
-    this.pending = undefined;
     this.lastWrite = Date.now();
+    this.lastStage = progress.stage;
     this.inFlight = this.write(progress)
       .catch(() => undefined)
       .finally(() => {
         this.inFlight = undefined;
-        if (this.pending) this.report(this.pending);
+        this.schedule();
       });
     await this.inFlight;
   }

@@ -99,8 +99,8 @@ export function taskToProto(task: TaskRecord): tsk.Task {
     imageId: task.imageId,
     progress: {
       stage: task.progress.stage,
-      bytesDone: BigInt(task.progress.bytesDone),
-      bytesTotal: BigInt(task.progress.bytesTotal),
+      bytesDone: toUint64(task.progress.bytesDone),
+      bytesTotal: toUint64(task.progress.bytesTotal),
     },
     result: task.result,
     error: task.error,
@@ -111,6 +111,11 @@ export function taskToProto(task: TaskRecord): tsk.Task {
     finishTime: task.finishTime === undefined ? undefined : timestampFromMs(task.finishTime),
     version: BigInt(task.version),
   });
+}
+
+/** Counts a plugin reported; never let a fraction or a negative number break a response. */
+function toUint64(n: number): bigint {
+  return Number.isFinite(n) && n > 0 ? BigInt(Math.floor(n)) : 0n;
 }
 
 export function storeToProto(store: ConfiguredStore): admin.Store {

@@ -53,7 +53,7 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
   ) {}
 
   async createUploadUrl(req: pb.CreateUploadUrlRequest, ctx: HandlerContext) {
-    const store = pickStore(this.stores, req.store, "isStaging");
+    const store = pickStore(this.stores, req.store, "isStaging", this.config.region);
     if (!store.capabilities?.write) throw failedPrecondition(`store "${store.name}" does not accept writes`);
     let key = `uploads/${newId()}`;
     if (req.imageId !== "") {
@@ -88,7 +88,7 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     const image = await this.activeImage(req.imageId, ctx);
     const format = diskFormat.fromProto(req.diskFormat, "disk_format");
     if (!format || !exportFormats.includes(format)) throw invalidArgument(`disk_format must be one of ${exportFormats.join(", ")}`);
-    const store = pickStore(this.stores, req.store, "isDefault");
+    const store = pickStore(this.stores, req.store, "isDefault", this.config.region);
     const input: ExportInput = { diskFormat: format, store: store.name };
     return { task: taskToProto(await this.createTask("export", image, ctx, input)) };
   }
@@ -121,7 +121,7 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     const image = await visibleImage(this.repository, first.value.imageId, ctx, "image_id");
     const declared = diskFormat.fromProto(first.value.diskFormat, "disk_format");
     await this.repository.updateImage(image.id, { expect: ["queued"], status: "uploading" });
-    const staging = pickStore(this.stores, "", "isStaging");
+    const staging = pickStore(this.stores, "", "isStaging", this.config.region);
     const key = `uploads/${image.id}/${newId()}`;
     const maxBytes = this.config.maxImageBytes;
     async function* chunks() {
@@ -187,16 +187,18 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
       if (!location) throw failedPrecondition(`image ${image.id} has no stored copy`, "NO_USABLE_LOCATION");
       return resolveStoreUri(this.stores, location.uri, this.config.region, "location");
     }
-    const store = pickStore(this.stores, "", "isDefault");
+    // Exports go to the default store unless the caller named another: look there first.
     const key = exportKey(image.id, format);
-    if (!(await store.instance.stat(key))) {
-      throw failedPrecondition(`image ${image.id} has no ${format} export yet; run ExportImage with that format first`, "EXPORT_MISSING");
+    const candidates = [...this.stores].sort((a, b) => Number(b.isDefault) - Number(a.isDefault));
+    for (const store of candidates) {
+      if (store.region !== this.config.region || !store.instance) continue;
+      if (await store.instance.stat(key)) return { store: store as ConfiguredStore & { instance: StoreInstance }, key };
     }
-    return { store, key };
+    throw failedPrecondition(`image ${image.id} has no ${format} export yet; run ExportImage with that format first`, "EXPORT_MISSING");
   }
 
   private destinationStores(names: string[]): string[] {
-    return [...new Set(names)].map((name) => pickStore(this.stores, name, "isDefault").name);
+    return [...new Set(names)].map((name) => pickStore(this.stores, name, "isDefault", this.config.region).name);
   }
 
   private async newImage(ctx: HandlerContext, name: string, declared: DiskFormat | undefined): Promise<ImageRecord> {

@@ -103,7 +103,8 @@ let repository: SqliteRepository;
 beforeAll(async () => {
   await ensureBuilt();
   dataDir = mkdtempSync(path.join(tmpdir(), "itx-watch-e2e-"));
-  server = await spawnServer(["--data-dir", dataDir, "--log-level", "warn"]);
+  // role "api": the test plays the worker, writing the tasks it watches.
+  server = await spawnServer(["--data-dir", dataDir, "--log-level", "warn", "--role", "api"]);
   // The server created the database; this second connection shares it (WAL).
   repository = new SqliteRepository(dataDir);
   await repository.init();

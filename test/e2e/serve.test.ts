@@ -1,8 +1,9 @@
+import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ensureBuilt, runCli, spawnServer } from "../helpers/built-cli.js";
+import { cliPath, ensureBuilt, runCli, spawnServer } from "../helpers/built-cli.js";
 
 describe("itx serve (built) refuses to start with one clear line", () => {
   let dir: string;
@@ -43,6 +44,15 @@ describe("itx serve (built) refuses to start with one clear line", () => {
     } finally {
       await first.stop();
     }
+  });
+
+  it("runs as a worker without a listener", async () => {
+    const child = spawn(process.execPath, [cliPath, "serve", "--role", "worker", "--data-dir", join(dir, "w")], { stdio: ["ignore", "pipe", "pipe"] });
+    const firstLine = await new Promise<string>((resolve) => child.stdout.once("data", (d: Buffer) => resolve(d.toString())));
+    expect(firstLine).toBe("worker started\n");
+    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    child.kill("SIGTERM");
+    expect(await exited).toBe(0);
   });
 
   it("stops cleanly on SIGTERM with exit code 0", async () => {

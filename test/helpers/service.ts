@@ -21,7 +21,7 @@ export async function startTestService(overrides: Record<string, unknown> = {}):
   const service = await startService(config, pino({ level: process.env.ITX_TEST_LOG_LEVEL ?? "silent" }));
   return {
     ...service,
-    url: service.listener.url,
+    url: service.listener!.url,
     config,
     dataDir,
     async stop(options = {}) {

@@ -16,7 +16,8 @@ describe("bad input", () => {
   let tasks: ReturnType<typeof createClient<typeof TaskService>>;
 
   beforeAll(async () => {
-    service = await startTestService();
+    // role "api": the tasks made here are the test's, not work for a runner.
+    service = await startTestService({ role: "api" });
     const transport = createGrpcTransport({ baseUrl: service.url });
     images = createClient(ImageService, transport);
     tasks = createClient(TaskService, transport);

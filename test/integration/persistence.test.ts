@@ -25,7 +25,8 @@ const adapters = [
 
 describe.each(adapters)("a restart with the $name database", ({ overrides }) => {
   it("keeps images and tasks, with their states and order", async () => {
-    const settings = overrides();
+    // role "api": the tasks made here are the test's, not work for a runner.
+    const settings = { ...overrides(), role: "api" };
     const first = await startTestService(settings);
     const images = createClient(ImageService, createGrpcTransport({ baseUrl: first.url }));
     const created = [];

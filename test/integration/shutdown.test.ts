@@ -8,7 +8,7 @@ import { TaskService, TaskState } from "../../src/gen/imagetransfer/v1/task_pb.j
 import { startTestService } from "../helpers/service.js";
 
 it("ends open watches with UNAVAILABLE on shutdown, promptly, so clients know to reconnect", async () => {
-  const service = await startTestService();
+  const service = await startTestService({ role: "api" });
   const hub = service.container.resolve(TaskHub);
   const task = await hub.create(newTaskRecord({ id: newId(), type: "import", imageId: newId(), owner: "default" }, Date.now()));
   const client = createClient(TaskService, createGrpcTransport({ baseUrl: service.url }));

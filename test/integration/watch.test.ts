@@ -33,7 +33,8 @@ describe("WatchTask in one process", () => {
   let client: ReturnType<typeof createClient<typeof TaskService>>;
 
   beforeAll(async () => {
-    service = await startTestService();
+    // The test plays the worker: this server only serves, so no runner claims the tasks made here.
+    service = await startTestService({ role: "api" });
     hub = service.container.resolve(TaskHub);
     client = createClient(TaskService, createGrpcTransport({ baseUrl: service.url }));
   });
@@ -129,7 +130,7 @@ describe("WatchTask across two server processes sharing MongoDB", () => {
     await ensureBuilt();
     mongo = await startMongoServer();
     uri = withDatabase(mongo.uri, `itx_watch_${randomBytes(4).toString("hex")}`);
-    [a, b] = await Promise.all([spawnServer(["--mongodb-uri", uri]), spawnServer(["--mongodb-uri", uri])]);
+    [a, b] = await Promise.all([spawnServer(["--mongodb-uri", uri, "--role", "api"]), spawnServer(["--mongodb-uri", uri, "--role", "api"])]);
     // This test process plays the worker: a third process writing to the same database.
     worker = new MongoRepository({ uri });
     await worker.init();

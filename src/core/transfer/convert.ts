@@ -11,19 +11,23 @@ import { taskFailure } from "./failure.js";
 export async function convert(
   env: TransferEnvironment,
   job: Omit<ConversionJob, "onProgress">,
-  onProgress: (done: number, total: number) => void,
+  progress: { bytesTotal: number; report(bytesDone: number, bytesTotal: number): void },
 ): Promise<void> {
   const converter = env.plugins.converterFor(job.from, job.to);
   if (!converter) {
     if (job.from === job.to) return rename(job.inputPath, job.outputPath);
     throw taskFailure("UNSUPPORTED_CONVERSION", `no converter plugin handles ${job.from} to ${job.to}`);
   }
-  onProgress(0, 100);
+  // Converters count in their own units (qemu-img in percent); tasks count bytes of the disk.
+  const onProgress = (done: number, total: number) =>
+    progress.report(total > 0 ? Math.round((Math.min(done, total) / total) * progress.bytesTotal) : 0, progress.bytesTotal);
+  onProgress(0, 1);
   try {
     await converter.convert({ ...job, onProgress });
   } catch (err) {
     job.signal?.throwIfAborted();
-    throw taskFailure("CONVERSION_FAILED", `converting ${job.from} to ${job.to} failed: ${(err as Error).message}`, err);
+    const message = withoutPaths((err as Error).message, [job.inputPath, job.outputPath]);
+    throw taskFailure("CONVERSION_FAILED", `converting ${job.from} to ${job.to} failed: ${message}`, err);
   }
 }
 
@@ -45,7 +49,7 @@ export async function describeImage(
     description = await describer(path, format, { signal });
   } catch (err) {
     signal.throwIfAborted();
-    throw taskFailure("INVALID_IMAGE", `the ${format} image cannot be read: ${(err as Error).message}`, err);
+    throw taskFailure("INVALID_IMAGE", `the ${format} image cannot be read: ${withoutPaths((err as Error).message, [path])}`, err);
   }
   if (description.backingFile) {
     throw taskFailure("UNSAFE_IMAGE", `the ${format} image refers to a backing file (${description.backingFile}); upload a self-contained image`);
@@ -54,4 +58,9 @@ export async function describeImage(
     throw taskFailure("UNSAFE_IMAGE", `the ${format} image keeps its data in an external file (${description.dataFile}); upload a self-contained image`);
   }
   return description;
+}
+
+/** Tool messages quote the service's own file paths; clients see "the image" instead. */
+function withoutPaths(message: string, paths: string[]): string {
+  return paths.reduce((text, path) => text.replaceAll(path, "the image"), message);
 }

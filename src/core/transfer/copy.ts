@@ -21,7 +21,7 @@ export const runCopy: Executor = async (run, env) => {
   const targets = input.stores
     .filter((name) => !held.has(name))
     .map((name) => {
-      const store = pickStore(env.stores, name, "isDefault");
+      const store = pickStore(env.stores, name, "isDefault", env.config.region);
       return { store: store.name, instance: store.instance, key: imageKey(image.id), uri: storeUri(store, imageKey(image.id)) };
     });
   if (targets.length === 0) return { imageId: image.id, storeUris: [] };

@@ -20,7 +20,10 @@ export interface ExportInput {
 export const runExport: Executor = async (run, env) => {
   const input = run.task.input as unknown as ExportInput;
   const image = await activeImage(env, run.task.imageId);
-  const target = pickStore(env.stores, input.store, "isDefault");
+  const target = pickStore(env.stores, input.store, "isDefault", env.config.region);
+  // The stored copy already is the export in its own format, where the target store holds one.
+  const stored = image.locations.find((l) => l.status === "active" && l.store === target.name);
+  if (input.diskFormat === image.diskFormat && stored) return { imageId: image.id, storeUris: [stored.uri] };
   const key = exportKey(image.id, input.diskFormat);
   const uri = storeUri(target, key);
   if (await target.instance.stat(key, { signal: run.signal })) return { imageId: image.id, storeUris: [uri] };
@@ -32,7 +35,7 @@ export const runExport: Executor = async (run, env) => {
   await convert(
     env,
     { from: image.diskFormat ?? env.config.runtimeFormat, to: input.diskFormat, inputPath: sourcePath, outputPath: exportPath, signal: run.signal },
-    (done, total) => run.progress("converting", done, total),
+    { bytesTotal: image.virtualSize, report: (done, total) => run.progress("converting", done, total) },
   );
   const size = (await stat(exportPath)).size;
   const [outcome] = (

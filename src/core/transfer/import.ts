@@ -65,20 +65,29 @@ export const runImport: Executor = async (run, env) => {
     if (virtualSize > config.maxVirtualBytes) {
       throw taskFailure("VIRTUAL_SIZE_TOO_LARGE", `the disk's virtual size ${virtualSize} exceeds the limit of ${config.maxVirtualBytes}`);
     }
+    // A raw runtime copy is as large as the disk: refuse before converting, not after.
+    if (config.runtimeFormat === "raw" && virtualSize > config.maxImageBytes) {
+      throw taskFailure("IMAGE_TOO_LARGE", `stored as raw the image would be ${virtualSize} bytes; the limit is ${config.maxImageBytes}`);
+    }
     run.progress("inspecting", size, size);
 
     // converting
     const runtimePath = join(run.workDir, "runtime");
-    await convert(env, { from: detected.format, to: config.runtimeFormat, inputPath: sourcePath, outputPath: runtimePath, signal: run.signal }, (done, total) =>
-      run.progress("converting", done, total),
+    await convert(
+      env,
+      { from: detected.format, to: config.runtimeFormat, inputPath: sourcePath, outputPath: runtimePath, signal: run.signal },
+      { bytesTotal: virtualSize, report: (done, total) => run.progress("converting", done, total) },
     );
 
     // storing
     const targets = (input.stores.length > 0 ? input.stores : [""]).map((name) => {
-      const store = pickStore(stores, name, "isDefault");
+      const store = pickStore(stores, name, "isDefault", config.region);
       return { store: store.name, instance: store.instance, key: imageKey(imageId) };
     });
     const runtimeSize = (await stat(runtimePath)).size;
+    if (runtimeSize > config.maxImageBytes) {
+      throw taskFailure("IMAGE_TOO_LARGE", `converted to ${config.runtimeFormat} the image is ${runtimeSize} bytes; the limit is ${config.maxImageBytes}`);
+    }
     const stored = await fanOut(fileChunks(runtimePath, run.signal), targets, {
       signal: run.signal,
       onBytes: (done) => run.progress("storing", done, runtimeSize),
