@@ -92,6 +92,8 @@ export class TaskRunner {
           this.env,
         );
         controller.signal.throwIfAborted();
+        // Clean up before reporting success, so a finished task never has files left.
+        await rm(workDir, { recursive: true, force: true });
         await this.hub.change(task.id, { expect: ["running"], state: "succeeded", patch: { result } });
         log.info("task succeeded");
       } catch (err) {
