@@ -166,11 +166,16 @@ describe("Connect JSON over HTTP/1.1 with plain fetch", () => {
     expect(((await after.json()) as { images?: unknown[] }).images ?? []).toEqual([]);
   });
 
-  it("TransferService methods without an implementation answer unimplemented (HTTP 501)", async () => {
+  it("TransferService answers in JSON too: an upload URL with its seed URI, and a refused seed URI as 400", async () => {
     const res = await post("/imagetransfer.v1.TransferService/CreateUploadUrl", {});
-    expect(res.status).toBe(501);
-    const text = await res.text();
-    expect((JSON.parse(text) as { code: string }).code).toBe("unimplemented");
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { url: string; method: string; seedUri: string };
+    expect(body).toMatchObject({ method: "PUT", seedUri: expect.stringMatching(/^file:\/\/local\/uploads\//) });
+    expect(body.url).toContain("/v1/data/local/uploads/");
+    const refused = await post("/imagetransfer.v1.TransferService/ImportImage", { seedUri: "/etc/passwd" });
+    expect(refused.status).toBe(400);
+    const text = await refused.text();
+    expect((JSON.parse(text) as { code: string }).code).toBe("invalid_argument");
     expectNoInternals(text);
   });
 });
@@ -345,8 +350,11 @@ describe("stock grpc-js client from the .proto files", () => {
     );
     expect(wrongFilter.code).toBe(grpc.status.INVALID_ARGUMENT);
 
-    const unimplemented = await statusOf(unary(clients.transfer, "createUploadUrl", {}));
-    expect(unimplemented.code).toBe(grpc.status.UNIMPLEMENTED);
+    const hostPath = await statusOf(unary(clients.transfer, "importImage", { seedUri: "file:///etc/passwd" }));
+    expect(hostPath.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(hostPath.details).toMatch(/must name a store/);
+    const noImage = await statusOf(unary(clients.transfer, "exportImage", { imageId: randomUUID(), diskFormat: "DISK_FORMAT_VMDK" }));
+    expect(noImage.code).toBe(grpc.status.NOT_FOUND);
   });
 
   it("a server stream on a missing task ends with NOT_FOUND", async () => {
