@@ -34,23 +34,21 @@
  * product/baseline ratio is reported, never asserted.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, randomFillSync } from "node:crypto";
-import { createReadStream, closeSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, statfsSync, utimesSync, writeSync } from "node:fs";
+import { randomFillSync } from "node:crypto";
+import { createReadStream, closeSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, statfsSync, writeSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { mkdtemp } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { BuildError, cliPath, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 const RSS_LIMIT_MIB = 300;
 const MIN_FREE_BYTES = 12 * GiB;
 const SAMPLE_MS = 100;
-
-const repoRoot = fileURLToPath(new URL("../", import.meta.url));
-const cliPath = join(repoRoot, "dist/src/cli/main.js");
 
 // ---------------------------------------------------------------------------------------------
 // Arguments
@@ -145,67 +143,6 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
   });
 }
 process.on("exit", cleanupSync);
-
-// ---------------------------------------------------------------------------------------------
-// Build (the same staleness rule and lock as test/helpers/built-cli.ts)
-
-const buildLock = join(tmpdir(), `itx-e2e-build-${createHash("sha1").update(repoRoot).digest("hex").slice(0, 12)}.lock`);
-
-function newestSourceMtime() {
-  let newest = 0;
-  const walk = (dir) => {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
-      if (entry.name === "node_modules" || entry.name.startsWith(".")) continue;
-      const full = join(dir, entry.name);
-      if (entry.isDirectory()) walk(full);
-      else if (/\.(ts|json|mjs)$/.test(entry.name) && !entry.name.endsWith(".d.ts")) newest = Math.max(newest, statSync(full).mtimeMs);
-    }
-  };
-  walk(join(repoRoot, "src"));
-  walk(join(repoRoot, "plugins"));
-  for (const name of readdirSync(repoRoot)) {
-    if (name === "package.json" || /^tsconfig.*\.json$/.test(name)) newest = Math.max(newest, statSync(join(repoRoot, name)).mtimeMs);
-  }
-  return newest;
-}
-
-function buildIsStale() {
-  try {
-    return statSync(cliPath).mtimeMs < newestSourceMtime();
-  } catch {
-    return true;
-  }
-}
-
-async function ensureBuilt() {
-  if (!buildIsStale()) return;
-  const deadline = Date.now() + 240_000;
-  for (;;) {
-    try {
-      mkdirSync(buildLock);
-      break;
-    } catch (err) {
-      if (err.code !== "EEXIST") throw err;
-    }
-    try {
-      if (Date.now() - statSync(buildLock).mtimeMs > 300_000) rmSync(buildLock, { recursive: true, force: true });
-    } catch {
-      // Released meanwhile.
-    }
-    if (Date.now() > deadline) throw new BenchError(`timed out waiting for another build (lock ${buildLock})`);
-    await sleep(250);
-  }
-  try {
-    if (!buildIsStale()) return;
-    say("dist/ is missing or stale: npm run build");
-    const result = spawnSync("npm", ["run", "build"], { cwd: repoRoot, encoding: "utf8" });
-    if (result.status !== 0) throw new BenchError(`npm run build failed:\n${result.stdout}\n${result.stderr}`);
-    const now = new Date();
-    utimesSync(cliPath, now, now);
-  } finally {
-    rmSync(buildLock, { recursive: true, force: true });
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -652,7 +589,7 @@ async function main() {
     throw new BenchError(`only ${(free / GiB).toFixed(1)} GiB free in ${opts.tmpDir}; the benchmark needs ${(needed / GiB).toFixed(0)} GiB (set --tmp-dir or BENCH_TMPDIR)`);
   }
 
-  await ensureBuilt();
+  await ensureBuilt({ log: say });
   const via = opts.via === "auto" ? (cliHasImport() ? "cli" : "rpc") : opts.via;
   if (via === "cli" && !cliHasImport()) throw new BenchError("--via cli: the built CLI has no `itx import ... --wait` command");
 
@@ -842,7 +779,7 @@ try {
   cleanupSync();
   process.exitCode = result.ok ? 0 : 1;
 } catch (err) {
-  const message = err instanceof BenchError ? err.message : err?.stack ?? String(err);
+  const message = err instanceof BenchError || err instanceof BuildError ? err.message : err?.stack ?? String(err);
   process.stderr.write(`bench: FAILED: ${message}\n`);
   if (opts.json) process.stdout.write(JSON.stringify({ ok: false, error: message }) + "\n");
   cleanupSync();

@@ -73,6 +73,7 @@ export default defineConverterPlugin({
   setup,
   convert,
   describe,
+  measure,
 });
 
 async function setup(context: RegistrationContext): Promise<void> {
@@ -146,6 +147,22 @@ async function describe(file: string, format: FormatName, options?: CallOptions)
   const dataFile = info["format-specific"]?.data?.["data-file"];
   if (typeof dataFile === "string" && dataFile !== "") description.dataFile = dataFile;
   return description;
+}
+
+/** Output formats `qemu-img measure` can size. */
+const MEASURABLE = new Set<FormatName>(["raw", "qcow2"]);
+
+/** `qemu-img measure`: the bytes a conversion will write, so a too-large result is refused before any work. */
+async function measure(file: string, from: FormatName, to: FormatName, options?: CallOptions): Promise<number | undefined> {
+  const qemuFrom = QEMU_FORMAT.get(from);
+  if (qemuFrom === undefined || !MEASURABLE.has(to)) return undefined;
+  const stdout = await runQemuImg("measure", ["measure", "--output=json", "-f", qemuFrom, "-O", to, path.resolve(file)], {
+    signal: options?.signal,
+    collectStdout: true,
+    limited: true,
+  });
+  const required = (JSON.parse(stdout) as { required?: unknown }).required;
+  return typeof required === "number" && Number.isSafeInteger(required) ? required : undefined;
 }
 
 /** The parts of `qemu-img info --output=json` we read. */

@@ -18,11 +18,11 @@ import {
   enumOption,
   formatBytes,
   formatFields,
-  formatTable,
   formatTime,
   orDash,
   positiveInt,
   printJson,
+  printList,
   type ClientOptions,
   type Column,
 } from "./output.js";
@@ -104,11 +104,7 @@ export function registerImages(program: Command): void {
           .then((r) => ({ items: r.images, nextPageToken: r.nextPageToken })),
       );
       const response = create(ListImagesResponseSchema, { images: page.items, nextPageToken: page.nextPageToken });
-      if (opts.json) return printJson(ListImagesResponseSchema, response);
-      process.stdout.write(formatTable(imageColumns, response.images));
-      if (response.nextPageToken !== "") {
-        process.stderr.write(`more images: add --page-token ${response.nextPageToken} (or --all)\n`);
-      }
+      printList(opts.json, ListImagesResponseSchema, response, imageColumns, response.images, response.nextPageToken, "images");
     }),
   );
 

@@ -193,6 +193,25 @@ export function printJson<Desc extends DescMessage>(schema: Desc, message: Messa
   process.stdout.write(`${JSON.stringify(messageToJson(schema, message), null, 2)}\n`);
 }
 
+/**
+ * A list command's answer: the response as pretty protobuf JSON on stdout with --json;
+ * otherwise the rows as a table on stdout and, when there is a next page, how to get it on
+ * stderr ("more images: add --page-token T (or --all)", `noun` being "images").
+ */
+export function printList<Desc extends DescMessage, T>(
+  json: boolean | undefined,
+  schema: Desc,
+  response: MessageShape<Desc>,
+  columns: Column<T>[],
+  rows: T[],
+  nextPageToken: string,
+  noun: string,
+): void {
+  if (json) return printJson(schema, response);
+  process.stdout.write(formatTable(columns, rows));
+  if (nextPageToken !== "") process.stderr.write(`more ${noun}: add --page-token ${nextPageToken} (or --all)\n`);
+}
+
 /** One compact JSON line (JSON Lines), for streams. */
 export function printJsonLine<Desc extends DescMessage>(schema: Desc, message: MessageShape<Desc>): void {
   process.stdout.write(`${JSON.stringify(messageToJson(schema, message))}\n`);

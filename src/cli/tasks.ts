@@ -20,13 +20,13 @@ import {
   ExitCode,
   formatBytes,
   formatFields,
-  formatTable,
   formatTime,
   orDash,
   positiveInt,
   printError,
   printJson,
   printJsonLine,
+  printList,
   LiveProgress,
   type ClientOptions,
   type Column,
@@ -193,11 +193,7 @@ export function registerTasks(program: Command): void {
           .then((r) => ({ items: r.tasks, nextPageToken: r.nextPageToken })),
       );
       const response = create(ListTasksResponseSchema, { tasks: page.items, nextPageToken: page.nextPageToken });
-      if (opts.json) return printJson(ListTasksResponseSchema, response);
-      process.stdout.write(formatTable(taskColumns, response.tasks));
-      if (response.nextPageToken !== "") {
-        process.stderr.write(`more tasks: add --page-token ${response.nextPageToken} (or --all)\n`);
-      }
+      printList(opts.json, ListTasksResponseSchema, response, taskColumns, response.tasks, response.nextPageToken, "tasks");
     }),
   );
 

@@ -140,6 +140,8 @@ export interface ConverterDriver {
   convert(job: ConversionJob): Promise<void>;
   /** Reads an image file's header, taking its format as given (never probing). */
   describe?(path: string, format: FormatName, options?: CallOptions): Promise<ImageDescription>;
+  /** Bytes the conversion's output will take, known before converting; undefined when the converter cannot tell. */
+  measure?(path: string, from: FormatName, to: FormatName, options?: CallOptions): Promise<number | undefined>;
 }
 
 /** Where a plugin's log lines go; they carry the plugin's id. */

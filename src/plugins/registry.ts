@@ -51,6 +51,12 @@ export class PluginRegistry {
     return found?.driver.describe?.bind(found.driver);
   }
 
+  /** A converter's measure(), from the converter that handles the pair, if it can measure. */
+  measurerFor(from: string, to: string): ConverterDriver["measure"] | undefined {
+    const converter = this.converterFor(from, to);
+    return converter?.measure?.bind(converter);
+  }
+
   /**
    * The converter for a pair. Plugins load built-ins first, then each --plugins-dir in
    * order, and the last one loaded that handles the pair wins: an operator's plugin can

@@ -14,14 +14,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import definition from "../../plugins/store-filesystem/index.js";
 import type { ConfiguredStore } from "../../src/core/stores.js";
 import { UrlSigner } from "../../src/core/signed-url.js";
-import {
-  PLUGIN_API_VERSION,
-  type RegistrationContext,
-  type StoreDriver,
-  type StoreInstance,
-} from "../../src/plugins/plugin-api.js";
+import type { StoreDriver, StoreInstance } from "../../src/plugins/plugin-api.js";
 import { createDataEndpoint } from "../../src/server/data-endpoint.js";
 import { listen } from "../../src/server/listener.js";
+import { registerPlugin } from "../helpers/register-plugin.js";
 
 const MiB = 1024 * 1024;
 const BIG_CAP = 32 * MiB;
@@ -54,19 +50,10 @@ const logLines: string[] = [];
 const stores: ConfiguredStore[] = [];
 
 async function registerDriver(): Promise<StoreDriver> {
-  const drivers: StoreDriver[] = [];
-  const context: RegistrationContext = {
-    pluginId: "store-filesystem",
-    hostApiVersion: PLUGIN_API_VERSION,
-    logger: { info() {}, warn() {}, error() {} },
-    registerStore: (driver) => void drivers.push(driver),
-    registerConverter: () => {
-      throw new Error("a store plugin must not register converters");
-    },
-  };
-  await definition.register(context);
-  expect(drivers).toHaveLength(1);
-  return drivers[0]!;
+  const { stores, converters } = await registerPlugin(definition);
+  expect(converters, "a store plugin must not register converters").toHaveLength(0);
+  expect(stores).toHaveLength(1);
+  return stores[0]!;
 }
 
 async function startServer(maxImageBytes: number): Promise<Server> {

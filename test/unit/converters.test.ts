@@ -8,12 +8,8 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import passthroughPlugin from "../../plugins/converter-passthrough/index.js";
 import qemuImgPlugin from "../../plugins/converter-qemu-img/index.js";
-import {
-  PLUGIN_API_VERSION,
-  type ConverterDriver,
-  type ConverterPluginDefinition,
-  type RegistrationContext,
-} from "../../src/plugins/plugin-api.js";
+import type { ConverterDriver, ConverterPluginDefinition } from "../../src/plugins/plugin-api.js";
+import { registerPlugin } from "../helpers/register-plugin.js";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -31,20 +27,11 @@ function tempPath(name: string): string {
   return path.join(dir, `${++counter}-${name}`);
 }
 
-async function registerDriver(plugin: ConverterPluginDefinition, pluginId: string): Promise<ConverterDriver> {
-  const drivers: ConverterDriver[] = [];
-  const context: RegistrationContext = {
-    pluginId,
-    hostApiVersion: PLUGIN_API_VERSION,
-    logger: { info() {}, warn() {}, error() {} },
-    registerStore: () => {
-      throw new Error("a converter plugin must not register stores");
-    },
-    registerConverter: (driver) => void drivers.push(driver),
-  };
-  await plugin.register(context);
-  expect(drivers).toHaveLength(1);
-  return drivers[0]!;
+async function registerDriver(plugin: ConverterPluginDefinition): Promise<ConverterDriver> {
+  const { stores, converters } = await registerPlugin(plugin);
+  expect(stores, "a converter plugin must not register stores").toHaveLength(0);
+  expect(converters).toHaveLength(1);
+  return converters[0]!;
 }
 
 async function qemuImg(...args: string[]): Promise<string> {
@@ -119,8 +106,8 @@ beforeAll(async () => {
   dir = await fs.mkdtemp(path.join(tmpdir(), "itx-conv-"));
   rawFile = path.join(dir, "disk.raw");
   await fs.writeFile(rawFile, Buffer.concat([randomBytes(RAW_SIZE / 2), Buffer.alloc(RAW_SIZE / 2)]));
-  qemu = await registerDriver(qemuImgPlugin, "converter-qemu-img");
-  passthrough = await registerDriver(passthroughPlugin, "converter-passthrough");
+  qemu = await registerDriver(qemuImgPlugin);
+  passthrough = await registerDriver(passthroughPlugin);
 });
 
 afterAll(async () => {
@@ -143,7 +130,7 @@ describe("converter-qemu-img", () => {
     const saved = process.env.PATH;
     process.env.PATH = path.join(dir, "no-such-dir");
     try {
-      const err = await rejection(registerDriver(qemuImgPlugin, "converter-qemu-img"));
+      const err = await rejection(registerDriver(qemuImgPlugin));
       expect(err.message).toBe("qemu-img not found: install Debian's qemu-utils");
     } finally {
       process.env.PATH = saved;
@@ -327,6 +314,22 @@ describe("converter-qemu-img", () => {
       const err = await rejection(qemu.describe!(rawFile, "raw", { signal: AbortSignal.abort() }));
       expect(err.name).toBe("AbortError");
     });
+  });
+});
+
+describe("converter-qemu-img measure", () => {
+  it("predicts the bytes a conversion to raw or qcow2 writes, and declines other targets", async () => {
+    const { size } = await fs.stat(rawFile);
+    expect(await qemu.measure!(rawFile, "raw", "raw")).toBe(size);
+    const measured = await qemu.measure!(rawFile, "raw", "qcow2");
+    const out = path.join(path.dirname(rawFile), "measured.qcow2");
+    await qemu.convert({ from: "raw", to: "qcow2", inputPath: rawFile, outputPath: out });
+    // What qemu-img writes fits in what it predicted (which allows for qcow2 metadata).
+    const actual = (await fs.stat(out)).size;
+    expect(measured).toBeGreaterThanOrEqual(actual);
+    expect(measured).toBeLessThan(size + 8 * 1024 * 1024);
+    await fs.rm(out);
+    expect(await qemu.measure!(rawFile, "raw", "vmdk")).toBeUndefined();
   });
 });
 

@@ -9,29 +9,20 @@ import {
   isPluginDefinition,
   isStoreError,
   PLUGIN_API_VERSION,
-  type RegistrationContext,
   type StoreConfig,
   type StoreDriver,
   type StoreErrorKind,
   type StoreInstance,
 } from "../../src/plugins/plugin-api.js";
+import { registerPlugin } from "../helpers/register-plugin.js";
 
 const pluginDir = path.resolve(import.meta.dirname, "../../plugins/store-filesystem");
 
 async function registerDriver(): Promise<StoreDriver> {
-  const drivers: StoreDriver[] = [];
-  const context: RegistrationContext = {
-    pluginId: "store-filesystem",
-    hostApiVersion: PLUGIN_API_VERSION,
-    logger: { info() {}, warn() {}, error() {} },
-    registerStore: (driver) => void drivers.push(driver),
-    registerConverter: () => {
-      throw new Error("a store plugin must not register converters");
-    },
-  };
-  await definition.register(context);
-  expect(drivers).toHaveLength(1);
-  return drivers[0]!;
+  const { stores, converters } = await registerPlugin(definition);
+  expect(converters, "a store plugin must not register converters").toHaveLength(0);
+  expect(stores).toHaveLength(1);
+  return stores[0]!;
 }
 
 async function* chunks(...parts: Array<string | Uint8Array>): AsyncGenerator<Uint8Array> {

@@ -60,6 +60,23 @@ export async function describeImage(
   return description;
 }
 
+/** The output size a converter predicts, or undefined when none can tell (then the stored size is checked after). */
+export async function measureConversion(
+  env: TransferEnvironment,
+  path: string,
+  from: string,
+  to: string,
+  signal: AbortSignal,
+): Promise<number | undefined> {
+  const measure = from === to ? undefined : env.plugins.measurerFor(from, to);
+  try {
+    return await measure?.(path, from, to, { signal });
+  } catch (err) {
+    signal.throwIfAborted();
+    throw taskFailure("INVALID_IMAGE", `the ${from} image cannot be measured: ${withoutPaths((err as Error).message, [path])}`, err);
+  }
+}
+
 /** Tool messages quote the service's own file paths; clients see "the image" instead. */
 function withoutPaths(message: string, paths: string[]): string {
   return paths.reduce((text, path) => text.replaceAll(path, "the image"), message);

@@ -6,7 +6,7 @@ import { isStoreError } from "../../plugins/plugin-api.js";
 import type { DiskFormat, ImageLocation } from "../image.js";
 import { resolveStoreUri, pickStore, storeUri } from "../store-uri.js";
 import type { TaskResult } from "../task.js";
-import { convert, describeImage } from "./convert.js";
+import { convert, describeImage, measureConversion } from "./convert.js";
 import { imageKey, type Executor } from "./environment.js";
 import { taskFailure } from "./failure.js";
 import { downloadToFile, fanOut, fileChunks, readHeadAndTail, type StoreTarget } from "./streams.js";
@@ -65,9 +65,10 @@ export const runImport: Executor = async (run, env) => {
     if (virtualSize > config.maxVirtualBytes) {
       throw taskFailure("VIRTUAL_SIZE_TOO_LARGE", `the disk's virtual size ${virtualSize} exceeds the limit of ${config.maxVirtualBytes}`);
     }
-    // A raw runtime copy is as large as the disk: refuse before converting, not after.
-    if (config.runtimeFormat === "raw" && virtualSize > config.maxImageBytes) {
-      throw taskFailure("IMAGE_TOO_LARGE", `stored as raw the image would be ${virtualSize} bytes; the limit is ${config.maxImageBytes}`);
+    // Refuse before converting, not after: a raw copy is as large as the disk; others are measured.
+    const measured = config.runtimeFormat === "raw" ? virtualSize : await measureConversion(env, sourcePath, detected.format, config.runtimeFormat, run.signal);
+    if (measured !== undefined && measured > config.maxImageBytes) {
+      throw taskFailure("IMAGE_TOO_LARGE", `stored as ${config.runtimeFormat} the image would be ${measured} bytes; the limit is ${config.maxImageBytes}`);
     }
     run.progress("inspecting", size, size);
 
