@@ -123,8 +123,13 @@ async function pump(req: http.ClientRequest, source: AsyncIterable<Uint8Array>, 
       if (stop() || req.destroyed) return;
       if (!req.write(chunk)) {
         await new Promise<void>((resolve) => {
-          req.once("drain", resolve);
-          req.once("close", resolve);
+          const done = () => {
+            req.off("drain", done);
+            req.off("close", done);
+            resolve();
+          };
+          req.on("drain", done);
+          req.on("close", done);
         });
       }
     }
