@@ -38,14 +38,16 @@ export class TaskRunner {
     this.poke();
   }
 
-  /** Looks for work now instead of at the next poll, e.g. right after a task is created. */
+  /** Looks for work now instead of at the next poll, e.g. right after a task is created; a no-op unless started. */
   poke(): void {
+    if (!this.timer) return;
     this.loop = this.loop.then(() => this.tick()).catch((err) => this.logger.warn({ err: String(err) }, "task runner poll failed"));
   }
 
   /** Stops claiming, aborts running tasks and waits for them to clean up. */
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    this.timer = undefined;
     this.stopping.abort();
     for (const controller of this.running.values()) controller.abort(new Error("the service is stopping"));
     await this.loop;

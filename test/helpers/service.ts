@@ -7,6 +7,7 @@ import { loadConfig, type Config } from "../../src/config/config.js";
 import { startService, type RunningService } from "../../src/service.js";
 
 export interface TestService extends RunningService {
+  /** Empty for role "worker", which does not listen. */
   url: string;
   config: Config;
   dataDir: string;
@@ -21,7 +22,7 @@ export async function startTestService(overrides: Record<string, unknown> = {}):
   const service = await startService(config, pino({ level: process.env.ITX_TEST_LOG_LEVEL ?? "silent" }));
   return {
     ...service,
-    url: service.listener!.url,
+    url: service.listener?.url ?? "",
     config,
     dataDir,
     async stop(options = {}) {
