@@ -146,6 +146,14 @@ async function describe(file: string, format: FormatName, options?: CallOptions)
   if (typeof backingFile === "string" && backingFile !== "") description.backingFile = backingFile;
   const dataFile = info["format-specific"]?.data?.["data-file"];
   if (typeof dataFile === "string" && dataFile !== "") description.dataFile = dataFile;
+  // A VMDK's extents may name any file on the host (a descriptor pointing at /etc/shadow);
+  // only the image file itself is allowed.
+  const self = path.resolve(file);
+  const extents = info["format-specific"]?.data?.extents ?? [];
+  const external = extents
+    .map((extent) => extent.filename)
+    .filter((name): name is string => typeof name === "string" && path.resolve(path.dirname(self), name) !== self);
+  if (external.length > 0) description.externalFiles = external;
   return description;
 }
 
@@ -170,7 +178,7 @@ interface QemuImgInfo {
   "virtual-size"?: unknown;
   "backing-filename"?: unknown;
   "full-backing-filename"?: unknown;
-  "format-specific"?: { data?: { "data-file"?: unknown } };
+  "format-specific"?: { data?: { "data-file"?: unknown; extents?: Array<{ filename?: unknown }> } };
 }
 
 interface RunOptions {

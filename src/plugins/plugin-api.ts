@@ -132,6 +132,8 @@ export interface ImageDescription {
   backingFile?: string;
   /** Set when the image keeps its data in an external file; such images are refused. */
   dataFile?: string;
+  /** Other files reading the image would open, e.g. a VMDK descriptor's extents; such images are refused. */
+  externalFiles?: string[];
 }
 
 /** What a converter plugin provides. */

@@ -1,8 +1,6 @@
-import { createReadStream } from "node:fs";
-import { mkdtemp, rm, stat } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, expect, it } from "vitest";
@@ -11,6 +9,7 @@ import { TaskService, TaskState } from "../../src/gen/imagetransfer/v1/task_pb.j
 import { TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
 import { buildSourceRaw, MiB } from "../helpers/disk-images.js";
 import { startTestService, type TestService } from "../helpers/service.js";
+import { uploadFile } from "../helpers/transfer.js";
 
 let dir: string;
 let api: TestService;
@@ -29,14 +28,7 @@ it("leaves tasks to workers when it only serves the API, and a worker on the sam
   const transport = createGrpcTransport({ baseUrl: api.url });
   const transfer = createClient(TransferService, transport);
   const tasks = createClient(TaskService, transport);
-  const { url, seedUri } = await transfer.createUploadUrl({});
-  const put = await fetch(url, {
-    method: "PUT",
-    body: Readable.toWeb(createReadStream(raw)) as ReadableStream,
-    headers: { "content-length": String((await stat(raw)).size) },
-    duplex: "half",
-  } as RequestInit);
-  expect(put.status).toBe(201);
+  const seedUri = await uploadFile(api.url, raw);
   const { task } = await transfer.importImage({ seedUri, diskFormat: DiskFormat.RAW });
 
   // Several runner polls pass: nobody runs it.

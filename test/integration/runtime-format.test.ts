@@ -1,35 +1,16 @@
-import { createReadStream } from "node:fs";
 import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DiskFormat, ImageService, ImageStatus } from "../../src/gen/imagetransfer/v1/image_pb.js";
-import { TaskService, TaskState, type Task } from "../../src/gen/imagetransfer/v1/task_pb.js";
+import { TaskState } from "../../src/gen/imagetransfer/v1/task_pb.js";
 import { TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
 import { Tokens } from "../../src/tokens.js";
 import { buildImage, buildSourceRaw, MiB, qemuCompare } from "../helpers/disk-images.js";
 import { startTestService, type TestService } from "../helpers/service.js";
-
-/** Uploads a file through a temporary URL, imports it, and follows the task to its end. */
-async function importFile(service: TestService, file: string, diskFormat: DiskFormat): Promise<Task> {
-  const transport = createGrpcTransport({ baseUrl: service.url });
-  const transfer = createClient(TransferService, transport);
-  const { url, seedUri } = await transfer.createUploadUrl({});
-  const put = await fetch(url, {
-    method: "PUT",
-    body: Readable.toWeb(createReadStream(file)) as ReadableStream,
-    headers: { "content-length": String((await stat(file)).size) },
-    duplex: "half",
-  } as RequestInit);
-  expect(put.status).toBe(201);
-  const { task } = await transfer.importImage({ seedUri, diskFormat });
-  let last = task!;
-  for await (const { task: t } of createClient(TaskService, transport).watchTask({ id: task!.id })) last = t!;
-  return last;
-}
+import { importFile } from "../helpers/transfer.js";
 
 describe("runtimeFormat qcow2", () => {
   let dir: string;
@@ -47,7 +28,7 @@ describe("runtimeFormat qcow2", () => {
   });
 
   it("stores imports as qcow2 with the guest's bytes unchanged", async () => {
-    const task = await importFile(service, raw, DiskFormat.RAW);
+    const task = await importFile(service.url, raw, DiskFormat.RAW);
     expect(task.state, JSON.stringify(task.error)).toBe(TaskState.SUCCEEDED);
     const { image } = await createClient(ImageService, createGrpcTransport({ baseUrl: service.url })).getImage({ id: task.imageId });
     expect(image).toMatchObject({ status: ImageStatus.ACTIVE, diskFormat: DiskFormat.QCOW2, virtualSize: BigInt(16 * MiB) });
@@ -67,7 +48,7 @@ describe("runtimeFormat qcow2", () => {
     expect(upload).toBeLessThan(MiB);
     const small = await startTestService({ runtimeFormat: "qcow2", maxImageBytes: 4 * MiB });
     try {
-      const task = await importFile(small, vmdk, DiskFormat.VMDK);
+      const task = await importFile(small.url, vmdk, DiskFormat.VMDK);
       expect(task.state).toBe(TaskState.FAILED);
       expect(task.error).toMatchObject({ reason: "IMAGE_TOO_LARGE", message: expect.stringMatching(/stored as qcow2 the image would be \d+ bytes/) });
       const history = await small.container.resolve(Tokens.Repository).listTaskChanges(task.id, 0);

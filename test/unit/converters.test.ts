@@ -296,6 +296,17 @@ describe("converter-qemu-img", () => {
       expect(await qemu.describe!(external, "qcow2")).toEqual({ virtualSize: 2 * MiB, dataFile });
     });
 
+    it("names the files a VMDK descriptor's extents would open, but not the image itself", async () => {
+      const descriptor = path.join(path.dirname(rawFile), "escape.vmdk");
+      await fs.writeFile(descriptor, '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 8 FLAT "/etc/hostname" 0\n');
+      expect((await qemu.describe!(descriptor, "vmdk")).externalFiles).toEqual(["/etc/hostname"]);
+      const sparse = path.join(path.dirname(rawFile), "sparse.vmdk");
+      await qemu.convert({ from: "raw", to: "vmdk", inputPath: rawFile, outputPath: sparse });
+      expect((await qemu.describe!(sparse, "vmdk")).externalFiles).toBeUndefined();
+      await fs.rm(descriptor);
+      await fs.rm(sparse);
+    });
+
     it("takes the format as given, never probing", async () => {
       const qcow2 = tempPath("probe.qcow2");
       await qemuImg("convert", "-f", "raw", "-O", "qcow2", rawFile, qcow2);

@@ -54,6 +54,9 @@ export async function describeImage(
   if (description.backingFile) {
     throw taskFailure("UNSAFE_IMAGE", `the ${format} image refers to a backing file (${description.backingFile}); upload a self-contained image`);
   }
+  if (description.externalFiles?.length) {
+    throw taskFailure("UNSAFE_IMAGE", `the ${format} image refers to other files (${description.externalFiles.join(", ")}); upload a self-contained image`);
+  }
   if (description.dataFile) {
     throw taskFailure("UNSAFE_IMAGE", `the ${format} image keeps its data in an external file (${description.dataFile}); upload a self-contained image`);
   }
