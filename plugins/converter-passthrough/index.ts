@@ -1,7 +1,8 @@
 /**
  * The built-in passthrough converter: "converting" an image to the format it already has
- * copies the file. The copy is a reflink (COPYFILE_FICLONE) where the file system can share
- * the blocks (btrfs, XFS, ...), and an ordinary copy elsewhere.
+ * moves the file (the host hands over its input), which costs nothing on one file system.
+ * Across file systems it copies: a reflink (COPYFILE_FICLONE) where blocks can be shared,
+ * an ordinary copy elsewhere.
  *
  * A copy in progress cannot be interrupted, so the abort signal is checked before and after
  * it; an abort during the copy waits for it to finish, removes the output and rejects with an
@@ -26,7 +27,10 @@ async function convert(job: ConversionJob): Promise<void> {
       throw new Error(`the passthrough converter cannot convert ${job.from} to ${job.to}`);
     }
     checkAborted(signal);
-    await fs.copyFile(job.inputPath, job.outputPath, constants.COPYFILE_FICLONE);
+    await fs.rename(job.inputPath, job.outputPath).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code !== "EXDEV") throw err;
+      await fs.copyFile(job.inputPath, job.outputPath, constants.COPYFILE_FICLONE);
+    });
     checkAborted(signal);
     const { size } = await fs.stat(job.outputPath);
     try {

@@ -116,7 +116,7 @@ export type FormatName = string;
 export interface ConversionJob extends CallOptions {
   from: FormatName;
   to: FormatName;
-  /** A local file holding the source image. */
+  /** A local file holding the source image; the host no longer needs it, so a converter may move it. */
   inputPath: string;
   /** Where to write the converted image; the host removes it if the job fails. */
   outputPath: string;

@@ -352,11 +352,15 @@ describe("converter-passthrough", () => {
     expect(passthrough.describe).toBeUndefined();
   });
 
-  it("copies the bytes exactly and reports the size at the end", async () => {
+  it("moves the input to the output with the bytes unchanged, and reports the size at the end", async () => {
+    // The host hands its input over; work on a copy so the shared test disk stays.
+    const input = tempPath("handed-over.raw");
+    await fs.copyFile(rawFile, input);
     const out = tempPath("copy.raw");
-    const progress = await convert(passthrough, "raw", "raw", rawFile, out);
+    const progress = await convert(passthrough, "raw", "raw", input, out);
     expect((await fs.readFile(out)).equals(await fs.readFile(rawFile))).toBe(true);
     expect(progress).toEqual([[RAW_SIZE, RAW_SIZE]]);
+    await expect(fs.stat(input)).rejects.toMatchObject({ code: "ENOENT" });
   });
 
   it("refuses a change of format", async () => {
