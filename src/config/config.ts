@@ -44,6 +44,10 @@ export const configSchema = z
      * tasks run in other processes); "worker" only runs tasks, with no listener.
      */
     role: z.enum(["all", "api", "worker"]).default("all"),
+    /** How long a worker's claim on a running task lasts without renewal; a dead worker's tasks wait this long. */
+    leaseSeconds: z.number().min(1).max(600).default(30),
+    /** Starts of one task before it fails with ATTEMPTS_EXHAUSTED. */
+    maxAttempts: z.number().int().min(1).max(100).default(3),
     /** Tasks this process runs at once. */
     maxConcurrentTasks: z.number().int().min(1).max(64).default(2),
     stores: z

@@ -45,13 +45,13 @@ export class TaskHub {
     return task;
   }
 
-  /** Records progress of a running task, coalesced to one write per PROGRESS_INTERVAL_MS. */
-  reportProgress(id: string, progress: TaskProgress): void {
+  /** Records progress of a running task, coalesced to one write per PROGRESS_INTERVAL_MS; written only while `leaseOwner` holds the task. */
+  reportProgress(id: string, progress: TaskProgress, leaseOwner?: string): void {
     let reporter = this.reporters.get(id);
     if (!reporter) {
       reporter = new ProgressReporter(async (p) => {
         try {
-          await this.repository.updateTask(id, { expect: ["running"], patch: { progress: p } });
+          await this.repository.updateTask(id, { expect: ["running"], leaseOwner, patch: { progress: p } });
           this.wake(id);
         } catch (err) {
           // The task has ended or moved on (e.g. canceled); its worker learns that from its own checks.

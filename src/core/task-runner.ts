@@ -1,27 +1,35 @@
+import { randomBytes } from "node:crypto";
 import { mkdir, rm } from "node:fs/promises";
+import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { isStoreError } from "../plugins/plugin-api.js";
 import { isDomainError } from "./errors.js";
 import type { TaskHub } from "./task-hub.js";
 import type { TaskError, TaskRecord, TaskType } from "./task.js";
-import type { Executor, TransferEnvironment } from "./transfer/environment.js";
+import { Handover, type Executor, type TransferEnvironment } from "./transfer/environment.js";
 
-/** How often the runner looks for pending tasks and checks that its running tasks are still its to run. */
+/** How often the runner looks for claimable tasks and checks that its running tasks are still its to run. */
 const POLL_MS = 500;
 
 /**
- * Runs tasks in this process: claims pending tasks (oldest first) up to the configured
- * limit with a conditional PENDING -> RUNNING change, so among several processes only
- * one runs each task, and stops a run at once when its task is canceled here or
- * elsewhere.
+ * Runs tasks in this process. A task is claimed with one conditional change that
+ * accepts a pending task or a running one whose lease expired (its worker died), and
+ * is run under a lease the runner renews at half its length. Every write the run makes
+ * is conditional on holding the lease, so a worker that lost it stops at once and
+ * leaves the task to its new holder. Cancellation, here or in any process, stops a
+ * run within one poll.
  */
 export class TaskRunner {
+  /** This process as a lease holder. */
+  readonly workerId = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   private readonly running = new Map<string, AbortController>();
   private readonly stopping = new AbortController();
   private timer?: NodeJS.Timeout;
+  private renewer?: NodeJS.Timeout;
   private loop = Promise.resolve();
   private readonly workRoot: string;
+  private readonly leaseMs: number;
 
   constructor(
     private readonly hub: TaskHub,
@@ -30,11 +38,14 @@ export class TaskRunner {
     private readonly logger: Logger,
   ) {
     this.workRoot = resolve(env.config.dataDir, "work");
+    this.leaseMs = env.config.leaseSeconds * 1000;
   }
 
   start(): void {
     this.timer = setInterval(() => this.poke(), POLL_MS);
     this.timer.unref();
+    this.renewer = setInterval(() => void this.renewLeases(), this.leaseMs / 2);
+    this.renewer.unref();
     this.poke();
   }
 
@@ -44,25 +55,46 @@ export class TaskRunner {
     this.loop = this.loop.then(() => this.tick()).catch((err) => this.logger.warn({ err: String(err) }, "task runner poll failed"));
   }
 
-  /** Stops claiming, aborts running tasks and waits for them to clean up. */
+  /**
+   * Stops claiming and hands running tasks over: their pipelines stop, their files are
+   * removed, and their leases are released so another worker takes them over at once.
+   */
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    clearInterval(this.renewer);
     this.timer = undefined;
     this.stopping.abort();
-    for (const controller of this.running.values()) controller.abort(new Error("the service is stopping"));
+    const handedOver = [...this.running.keys()];
+    for (const controller of this.running.values()) controller.abort(new Handover("the service is stopping"));
     await this.loop;
     while (this.running.size > 0) await new Promise((r) => setTimeout(r, 20));
+    await Promise.allSettled(
+      handedOver.map((id) => this.hub.change(id, { expect: ["running"], leaseOwner: this.workerId, patch: { lease: { owner: this.workerId, expireTime: 0 } } })),
+    );
   }
 
   private async tick(): Promise<void> {
     await this.checkRunning();
     const free = this.env.config.maxConcurrentTasks - this.running.size;
     if (free <= 0 || this.stopping.signal.aborted) return;
-    const { items } = await this.env.repository.listTasks({ filter: { state: "pending" }, limit: free * 2 });
-    for (const task of items) {
+    const now = Date.now();
+    for (const task of await this.env.repository.listClaimableTasks(now, free * 2)) {
       if (this.running.size >= this.env.config.maxConcurrentTasks || this.stopping.signal.aborted) return;
-      const claimed = await this.hub.change(task.id, { expect: ["pending"], state: "running", patch: { attempts: task.attempts + 1 } }).catch(() => undefined);
-      // Another process (or a cancel) got there first.
+      if (this.running.has(task.id)) continue;
+      const claim = { expect: [task.state], leaseExpiredBefore: now };
+      if (task.attempts >= this.env.config.maxAttempts) {
+        const error = { reason: "ATTEMPTS_EXHAUSTED", message: `the task was started ${task.attempts} times without finishing; giving up` };
+        await this.hub.change(task.id, { ...claim, state: "failed", patch: { error } }).catch(() => undefined);
+        continue;
+      }
+      const claimed = await this.hub
+        .change(task.id, {
+          ...claim,
+          state: task.state === "pending" ? "running" : undefined,
+          patch: { attempts: task.attempts + 1, lease: { owner: this.workerId, expireTime: now + this.leaseMs } },
+        })
+        .catch(() => undefined);
+      // Another worker (or a cancel) got there first.
       if (claimed) this.execute(claimed);
     }
   }
@@ -72,6 +104,29 @@ export class TaskRunner {
     for (const [id, controller] of this.running) {
       const task = await this.env.repository.findTask(id);
       if (task?.state !== "running") controller.abort(new Error(`task ${id} is ${task?.state ?? "gone"}`));
+      else if (task.lease?.owner !== this.workerId) controller.abort(new Handover(`task ${id} is now leased to ${task.lease?.owner}`));
+    }
+  }
+
+  private async renewLeases(): Promise<void> {
+    await Promise.allSettled([...this.running.keys()].map((id) => this.renew(id)));
+  }
+
+  /** Extends this worker's lease; a lease that is gone stops the run, leaving the task to its holder. */
+  private async renew(id: string): Promise<void> {
+    try {
+      await this.hub.change(id, {
+        expect: ["running"],
+        leaseOwner: this.workerId,
+        patch: { lease: { owner: this.workerId, expireTime: Date.now() + this.leaseMs } },
+      });
+    } catch (err) {
+      if (isDomainError(err) && err.kind === "failed-precondition") {
+        this.running.get(id)?.abort(err.reason === "LEASE_LOST" ? new Handover(err.message) : new Error(err.message));
+        throw err;
+      }
+      // The database is unreachable: keep working; the next renewal may get through.
+      this.logger.warn({ taskId: id, err: String(err) }, "could not renew a task lease");
     }
   }
 
@@ -79,9 +134,12 @@ export class TaskRunner {
     const controller = new AbortController();
     this.running.set(task.id, controller);
     const workDir = join(this.workRoot, task.id);
-    const log = this.logger.child({ taskId: task.id, imageId: task.imageId, type: task.type });
+    const log = this.logger.child({ taskId: task.id, imageId: task.imageId, type: task.type, attempt: task.attempts });
+    const held = { leaseOwner: this.workerId, expect: ["running" as const] };
     const run = async () => {
       log.info("task started");
+      // A previous attempt that died may have left files here.
+      await rm(workDir, { recursive: true, force: true });
       await mkdir(workDir, { recursive: true });
       try {
         const result = await this.executors[task.type](
@@ -89,14 +147,15 @@ export class TaskRunner {
             task,
             signal: controller.signal,
             workDir,
-            progress: (stage, bytesDone, bytesTotal) => this.hub.reportProgress(task.id, { stage, bytesDone, bytesTotal }),
+            progress: (stage, bytesDone, bytesTotal) => this.hub.reportProgress(task.id, { stage, bytesDone, bytesTotal }, this.workerId),
+            renewLease: () => this.renew(task.id),
           },
           this.env,
         );
         controller.signal.throwIfAborted();
         // Clean up before reporting success, so a finished task never has files left.
         await rm(workDir, { recursive: true, force: true });
-        await this.hub.change(task.id, { expect: ["running"], state: "succeeded", patch: { result } });
+        await this.hub.change(task.id, { ...held, state: "succeeded", patch: { result } });
         log.info("task succeeded");
       } catch (err) {
         if (controller.signal.aborted) {
@@ -106,7 +165,7 @@ export class TaskRunner {
         const error = taskError(err);
         if (error.reason === "INTERNAL") log.error({ err }, "task failed unexpectedly");
         else log.info({ reason: error.reason, message: error.message }, "task failed");
-        await this.hub.change(task.id, { expect: ["running"], state: "failed", patch: { error } }).catch(() => undefined);
+        await this.hub.change(task.id, { ...held, state: "failed", patch: { error } }).catch(() => undefined);
       } finally {
         await rm(workDir, { recursive: true, force: true });
       }

@@ -40,6 +40,15 @@ export interface TaskRecord {
   finishTime?: number;
   /** Grows by one with every change, so watchers can tell changes apart and order them. */
   version: number;
+  /** Held by the worker running the task; another worker may take the task over once it expires. */
+  lease?: TaskLease;
+}
+
+export interface TaskLease {
+  /** The worker's id: host, process and a random part. */
+  owner: string;
+  /** Epoch milliseconds. */
+  expireTime: number;
 }
 
 export interface TaskFilter {
@@ -50,7 +59,7 @@ export interface TaskFilter {
 }
 
 /** What a task update may change besides its state. */
-export type TaskPatch = Partial<Pick<TaskRecord, "progress" | "result" | "error" | "attempts" | "input">>;
+export type TaskPatch = Partial<Pick<TaskRecord, "progress" | "result" | "error" | "attempts" | "input" | "lease">>;
 
 const taskTransitions: Record<TaskState, readonly TaskState[]> = {
   pending: ["running", "failed", "canceled"],

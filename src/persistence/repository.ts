@@ -23,11 +23,15 @@ export interface ImageChange {
   patch?: ImagePatch;
 }
 
-/** A conditional change to a task: applied only while its state is in `expect`. */
+/** A conditional change to a task: applied only while its state is in `expect` and the lease conditions hold. */
 export interface TaskChange {
   expect?: readonly TaskState[];
   state?: TaskState;
   patch?: TaskPatch;
+  /** Only while this worker holds the task's lease. */
+  leaseOwner?: string;
+  /** Only while the task has no lease or its lease expired before this time: a takeover. */
+  leaseExpiredBefore?: number;
 }
 
 /**
@@ -53,6 +57,8 @@ export interface Repository {
   findTask(id: string): Promise<TaskRecord | undefined>;
   listTasks(request: PageRequest<TaskFilter>): Promise<Page<TaskRecord>>;
   updateTask(id: string, change: TaskChange): Promise<TaskRecord>;
+  /** Tasks a worker may claim now, oldest first: pending ones, and running ones whose lease expired before `now`. */
+  listClaimableTasks(now: number, limit: number): Promise<TaskRecord[]>;
   /** Snapshots of the task after each change with a version above `afterVersion`, oldest first. */
   listTaskChanges(id: string, afterVersion: number, limit?: number): Promise<TaskRecord[]>;
 }
@@ -77,6 +83,22 @@ export function taskChangeSources(change: TaskChange): TaskState[] {
   if (change.state === undefined) return expected.filter((s) => !isTerminal(s));
   const allowed = taskPredecessors(change.state);
   return expected.filter((s) => allowed.includes(s));
+}
+
+/** Whether a conditional task change applies to the task as it is now. */
+export function taskChangeApplies(current: TaskRecord, change: TaskChange, sources: readonly TaskState[]): boolean {
+  if (!sources.includes(current.state)) return false;
+  if (change.leaseOwner !== undefined && current.lease?.owner !== change.leaseOwner) return false;
+  if (change.leaseExpiredBefore !== undefined && current.lease && current.lease.expireTime >= change.leaseExpiredBefore) return false;
+  return true;
+}
+
+/** Why a task change was refused, for the caller's error. */
+export function taskRefusal(id: string, current: TaskRecord | undefined, change: TaskChange) {
+  if (current && taskChangeApplies(current, { ...change, leaseOwner: undefined, leaseExpiredBefore: undefined }, taskChangeSources(change))) {
+    return failedPrecondition(`task ${id} is leased to another worker`, "LEASE_LOST");
+  }
+  return refusal("task", id, current?.state, change.state);
 }
 
 /** The fields a task change writes, besides the version increment. */

@@ -110,6 +110,9 @@ export function taskToProto(task: TaskRecord): tsk.Task {
     updateTime: timestampFromMs(task.updateTime),
     finishTime: task.finishTime === undefined ? undefined : timestampFromMs(task.finishTime),
     version: BigInt(task.version),
+    ...(task.state === "running" && task.lease
+      ? { leaseOwner: task.lease.owner, leaseExpireTime: timestampFromMs(task.lease.expireTime) }
+      : {}),
   });
 }
 

@@ -220,6 +220,54 @@ export function repositoryContract(name: string, harness: RepositoryHarness): vo
       expect(second.next).toBeUndefined();
     });
 
+    it("leases running tasks: only the holder writes, and an expired lease can be taken over once", async () => {
+      const t = task();
+      await repo.insertTask(t);
+      const now = Date.now();
+      const a = { owner: "worker-a", expireTime: now + 30_000 };
+      await repo.updateTask(t.id, { expect: ["pending"], state: "running", patch: { attempts: 1, lease: a } });
+      // While the lease is live, nobody else may take the task or write to it.
+      await expect(repo.updateTask(t.id, { expect: ["running"], leaseExpiredBefore: now, patch: { lease: { owner: "worker-b", expireTime: now + 60_000 } } })).rejects.toMatchObject({
+        kind: "failed-precondition",
+        reason: "LEASE_LOST",
+      });
+      await expect(repo.updateTask(t.id, { leaseOwner: "worker-b", patch: { attempts: 9 } })).rejects.toMatchObject({ reason: "LEASE_LOST" });
+      expect(await repo.updateTask(t.id, { leaseOwner: "worker-a", patch: { progress: { stage: "fetching", bytesDone: 1, bytesTotal: 2 } } })).toMatchObject({
+        lease: a,
+      });
+
+      // After it expires, exactly one of two racing workers takes it over.
+      const later = a.expireTime + 1;
+      const takeovers = await Promise.allSettled(
+        ["worker-b", "worker-c"].map((owner) =>
+          repo.updateTask(t.id, { expect: ["running"], leaseExpiredBefore: later, patch: { attempts: 2, lease: { owner, expireTime: later + 30_000 } } }),
+        ),
+      );
+      expect(takeovers.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+      const holder = ((await repo.findTask(t.id))!.lease!).owner;
+      // The old holder has lost it: its writes are refused, so it stops.
+      await expect(repo.updateTask(t.id, { leaseOwner: "worker-a", state: "succeeded" })).rejects.toMatchObject({ reason: "LEASE_LOST" });
+      expect(await repo.updateTask(t.id, { leaseOwner: holder, state: "succeeded" })).toMatchObject({ state: "succeeded", attempts: 2 });
+    });
+
+    it("lists the tasks a worker may claim: pending ones and running ones whose lease expired", async () => {
+      const now = Date.now() + 3_600_000; // later than any live lease made elsewhere in this suite
+      const pending = task();
+      const expired = task();
+      const live = task();
+      const done = task();
+      for (const t of [pending, expired, live, done]) await repo.insertTask(t);
+      await repo.updateTask(expired.id, { state: "running", patch: { lease: { owner: "gone", expireTime: now - 1 } } });
+      await repo.updateTask(live.id, { state: "running", patch: { lease: { owner: "alive", expireTime: now + 30_000 } } });
+      await repo.updateTask(done.id, { state: "canceled" });
+      const claimable = (await repo.listClaimableTasks(now, 1000)).map((t) => t.id);
+      expect(claimable).toContain(pending.id);
+      expect(claimable).toContain(expired.id);
+      expect(claimable).not.toContain(live.id);
+      expect(claimable).not.toContain(done.id);
+      expect(claimable.indexOf(pending.id)).toBeLessThan(claimable.indexOf(expired.id));
+    });
+
     it("keeps everything across a reopen", async () => {
       const img = image({ name: "kept" });
       const t = task({ imageId: img.id });

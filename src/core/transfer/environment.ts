@@ -22,6 +22,21 @@ export interface TaskRun {
   /** A private directory for temporary files, removed when the run ends however it ends. */
   workDir: string;
   progress(stage: string, bytesDone: number, bytesTotal: number): void;
+  /** Extends the run's lease; rejects when it is lost. Call it right before a change that must happen once, such as activating an image. */
+  renewLease(): Promise<void>;
+}
+
+/**
+ * Why a run stopped when the task goes on elsewhere (the service is stopping, or the
+ * lease passed to another worker): the run must leave the image and stores alone.
+ */
+export class Handover extends Error {
+  override readonly name = "Handover";
+}
+
+/** True when the run stopped so that another worker continues the task. */
+export function isHandover(signal: AbortSignal): boolean {
+  return signal.aborted && signal.reason instanceof Handover;
 }
 
 export type Executor = (run: TaskRun, env: TransferEnvironment) => Promise<TaskResult>;

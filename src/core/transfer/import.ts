@@ -7,7 +7,7 @@ import type { DiskFormat, ImageLocation } from "../image.js";
 import { resolveStoreUri, pickStore, storeUri } from "../store-uri.js";
 import type { TaskResult } from "../task.js";
 import { convert, describeImage, measureConversion } from "./convert.js";
-import { imageKey, type Executor } from "./environment.js";
+import { imageKey, isHandover, type Executor } from "./environment.js";
 import { taskFailure } from "./failure.js";
 import { downloadToFile, fanOut, fileChunks, readHeadAndTail, type StoreTarget } from "./streams.js";
 
@@ -108,6 +108,8 @@ export const runImport: Executor = async (run, env) => {
       throw taskFailure("STORE_FAILED", `could not store the image in ${failed.join(", ")}: ${reasons.join("; ")}`);
     }
 
+    // Renewed just now, the lease cannot pass to another worker before the image is active.
+    await run.renewLease();
     await env.repository.updateImage(imageId, {
       expect: ["importing"],
       status: "active",
@@ -129,6 +131,8 @@ export const runImport: Executor = async (run, env) => {
     const result: TaskResult = { imageId, storeUris: locations.filter((l) => l.status === "active").map((l) => l.uri) };
     return failed.length > 0 ? { ...result, failedStores: failed } : result;
   } catch (err) {
+    // Another worker carries on with this image: its stored copies and state are not ours to undo.
+    if (isHandover(run.signal)) throw err;
     await Promise.allSettled(written.map((t) => t.instance.delete(t.key)));
     await env.repository.updateImage(imageId, { expect: ["importing", "queued", "uploading"], status: "killed" }).catch(() => undefined);
     throw err;

@@ -8,7 +8,9 @@ import {
   imageChangeSources,
   refusal,
   taskChangeFields,
+  taskChangeApplies,
   taskChangeSources,
+  taskRefusal,
   type ImageChange,
   type Repository,
   type TaskChange,
@@ -127,7 +129,7 @@ export class SqliteRepository implements Repository {
     return this.db.transaction(() => {
       const row = this.db.prepare("SELECT doc FROM tasks WHERE id = ?").get(id) as Row | undefined;
       const current: TaskRecord | undefined = row && JSON.parse(row.doc);
-      if (!current || !sources.includes(current.state)) throw refusal("task", id, current?.state, change.state);
+      if (!current || !taskChangeApplies(current, change, sources)) throw taskRefusal(id, current, change);
       const next: TaskRecord = {
         ...current,
         ...taskChangeFields(change, Math.max(Date.now(), current.updateTime)),
@@ -137,6 +139,17 @@ export class SqliteRepository implements Repository {
       this.recordChange(next);
       return next;
     }).immediate();
+  }
+
+  async listClaimableTasks(now: number, limit: number): Promise<TaskRecord[]> {
+    const rows = this.db
+      .prepare(
+        `SELECT doc FROM tasks WHERE state = 'pending'
+           OR (state = 'running' AND COALESCE(json_extract(doc, '$.lease.expireTime'), 0) < ?)
+         ORDER BY create_time, id LIMIT ?`,
+      )
+      .all(now, limit) as Row[];
+    return rows.map((r) => JSON.parse(r.doc));
   }
 
   async listTaskChanges(id: string, afterVersion: number, limit = 1000): Promise<TaskRecord[]> {

@@ -16,7 +16,9 @@ import {
   imageChangeSources,
   refusal,
   taskChangeFields,
+  taskChangeApplies,
   taskChangeSources,
+  taskRefusal,
   type ImageChange,
   type Repository,
   type TaskChange,
@@ -136,7 +138,7 @@ export class MongoRepository implements Repository {
     const sources = taskChangeSources(change);
     return guard(() =>
       commitChange(this.tasks, this.taskChanges, id, (current) => {
-        if (!current || !sources.includes(current.state)) throw refusal("task", id, current?.state, change.state);
+        if (!current || !taskChangeApplies(current, change, sources)) throw taskRefusal(id, current, change);
         return {
           ...current,
           ...taskChangeFields(change, Math.max(Date.now(), current.updateTime)),
@@ -144,6 +146,23 @@ export class MongoRepository implements Repository {
         };
       }),
     );
+  }
+
+  async listClaimableTasks(now: number, limit: number): Promise<TaskRecord[]> {
+    return guard(async () => {
+      const docs = await this.tasks
+        .find({
+          $or: [
+            { state: "pending" },
+            { state: "running", "lease.expireTime": { $lt: now } },
+            { state: "running", lease: { $exists: false } },
+          ],
+        })
+        .sort({ createTime: 1, _id: 1 })
+        .limit(limit)
+        .toArray();
+      return docs.map((d) => strip(d)!);
+    });
   }
 
   async listTaskChanges(id: string, afterVersion: number, limit = 1000): Promise<TaskRecord[]> {
