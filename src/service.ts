@@ -42,7 +42,8 @@ export interface Service {
   runner: TaskRunner;
   routes: (router: ConnectRouter) => void;
   handler: ReturnType<typeof connectNodeAdapter>;
-  close(): Promise<void>;
+  /** Stops the service; running tasks get `graceMs` to finish (until `hurry` aborts), then pass to other workers. */
+  close(options?: { graceMs?: number; hurry?: AbortSignal }): Promise<void>;
 }
 
 /**
@@ -101,8 +102,8 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
     runner,
     routes,
     handler,
-    async close() {
-      await runner.stop();
+    async close(options = {}) {
+      await runner.stop(options);
       await closeStores(stores);
       await repository.close();
       await container.dispose();
@@ -131,9 +132,10 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
   return {
     ...service,
     listener,
-    async close() {
+    async close(options = {}) {
       service.container.resolve(TaskHub).close();
-      await listener?.close();
+      // Tasks stop being claimed at once and get their grace period while connections drain.
+      await Promise.all([listener?.close(), service.runner.stop(options)]);
       await service.close();
     },
   };

@@ -56,13 +56,22 @@ export function registerServe(program: Command): void {
         process.stderr.write(`itx serve: cannot start: ${reason}\n`);
         process.exit(1);
       }
+      // The first signal lets running tasks finish within the grace period; a second one hurries.
+      const hurry = new AbortController();
+      let stopping = false;
       const stop = async (signal: string) => {
-        logger.info({ signal }, "shutting down");
-        await service.close();
+        if (stopping) {
+          logger.info({ signal }, "stopping now; running tasks pass to other workers");
+          hurry.abort();
+          return;
+        }
+        stopping = true;
+        logger.info({ signal, graceSeconds: config.shutdownGraceSeconds }, "shutting down");
+        await service.close({ graceMs: config.shutdownGraceSeconds * 1000, hurry: hurry.signal });
         process.exit(0);
       };
-      process.once("SIGINT", () => void stop("SIGINT"));
-      process.once("SIGTERM", () => void stop("SIGTERM"));
+      process.on("SIGINT", () => void stop("SIGINT"));
+      process.on("SIGTERM", () => void stop("SIGTERM"));
       // Scripts and tests wait for this line to know the port (useful with port 0), and may
       // signal at once: the handlers above are in place by then.
       process.stdout.write(service.listener ? `listening on ${service.listener.url}\n` : "worker started\n");

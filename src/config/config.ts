@@ -46,6 +46,8 @@ export const configSchema = z
     role: z.enum(["all", "api", "worker"]).default("all"),
     /** How long a worker's claim on a running task lasts without renewal; a dead worker's tasks wait this long. */
     leaseSeconds: z.number().min(1).max(600).default(30),
+    /** On SIGTERM, how long running tasks may go on finishing before they are handed to other workers. */
+    shutdownGraceSeconds: z.number().min(0).max(3600).default(30),
     /** Starts of one task before it fails with ATTEMPTS_EXHAUSTED. */
     maxAttempts: z.number().int().min(1).max(100).default(3),
     /** Tasks this process runs at once. */

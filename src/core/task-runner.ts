@@ -5,6 +5,7 @@ import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { isStoreError } from "../plugins/plugin-api.js";
 import { isDomainError } from "./errors.js";
+import type { TaskChange } from "../persistence/repository.js";
 import type { TaskHub } from "./task-hub.js";
 import type { TaskError, TaskRecord, TaskType } from "./task.js";
 import { Handover, type Executor, type TransferEnvironment } from "./transfer/environment.js";
@@ -56,17 +57,22 @@ export class TaskRunner {
   }
 
   /**
-   * Stops claiming and hands running tasks over: their pipelines stop, their files are
-   * removed, and their leases are released so another worker takes them over at once.
+   * Stops claiming, lets running tasks finish for up to `graceMs` (or until `hurry`
+   * aborts), then hands the rest over: their pipelines stop, their files are removed, and
+   * their leases are released so another worker takes them over at once.
    */
-  async stop(): Promise<void> {
+  async stop(options: { graceMs?: number; hurry?: AbortSignal } = {}): Promise<void> {
     clearInterval(this.timer);
-    clearInterval(this.renewer);
     this.timer = undefined;
     this.stopping.abort();
+    await this.loop;
+    const deadline = Date.now() + (options.graceMs ?? 0);
+    while (this.running.size > 0 && Date.now() < deadline && !options.hurry?.aborted) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    clearInterval(this.renewer);
     const handedOver = [...this.running.keys()];
     for (const controller of this.running.values()) controller.abort(new Handover("the service is stopping"));
-    await this.loop;
     while (this.running.size > 0) await new Promise((r) => setTimeout(r, 20));
     await Promise.allSettled(
       handedOver.map((id) => this.hub.change(id, { expect: ["running"], leaseOwner: this.workerId, patch: { lease: { owner: this.workerId, expireTime: 0 } } })),
@@ -78,7 +84,7 @@ export class TaskRunner {
     const free = this.env.config.maxConcurrentTasks - this.running.size;
     if (free <= 0 || this.stopping.signal.aborted) return;
     const now = Date.now();
-    for (const task of await this.env.repository.listClaimableTasks(now, free * 2)) {
+    for (const task of fairOrder(await this.env.repository.listClaimableTasks(now, free * 20))) {
       if (this.running.size >= this.env.config.maxConcurrentTasks || this.stopping.signal.aborted) return;
       if (this.running.has(task.id)) continue;
       const claim = { expect: [task.state], leaseExpiredBefore: now };
@@ -130,6 +136,23 @@ export class TaskRunner {
     }
   }
 
+  /**
+   * Writes a task's final state. While the database is unreachable it keeps trying, so
+   * an outcome reached meanwhile is written when the database returns, never lost.
+   */
+  private async finish(id: string, change: TaskChange, signal: AbortSignal): Promise<void> {
+    for (let delay = 250; ; delay = Math.min(delay * 2, 5_000)) {
+      try {
+        await this.hub.change(id, change);
+        return;
+      } catch (err) {
+        if (!isDomainError(err) || err.kind !== "unavailable" || signal.aborted) throw err;
+        this.logger.warn({ taskId: id }, "database unreachable; will write the task's final state when it is back");
+        await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
+      }
+    }
+  }
+
   private execute(task: TaskRecord): void {
     const controller = new AbortController();
     this.running.set(task.id, controller);
@@ -155,7 +178,7 @@ export class TaskRunner {
         controller.signal.throwIfAborted();
         // Clean up before reporting success, so a finished task never has files left.
         await rm(workDir, { recursive: true, force: true });
-        await this.hub.change(task.id, { ...held, state: "succeeded", patch: { result } });
+        await this.finish(task.id, { ...held, state: "succeeded", patch: { result } }, controller.signal);
         log.info("task succeeded");
       } catch (err) {
         if (controller.signal.aborted) {
@@ -165,7 +188,7 @@ export class TaskRunner {
         const error = taskError(err);
         if (error.reason === "INTERNAL") log.error({ err }, "task failed unexpectedly");
         else log.info({ reason: error.reason, message: error.message }, "task failed");
-        await this.hub.change(task.id, { ...held, state: "failed", patch: { error } }).catch(() => undefined);
+        await this.finish(task.id, { ...held, state: "failed", patch: { error } }, controller.signal).catch(() => undefined);
       } finally {
         await rm(workDir, { recursive: true, force: true });
       }
@@ -184,4 +207,19 @@ function taskError(err: unknown): TaskError {
   if (isDomainError(err)) return { reason: err.reason, message: err.message };
   if (isStoreError(err)) return { reason: `STORE_${err.kind.toUpperCase().replace(/-/g, "_")}`, message: err.message };
   return { reason: "INTERNAL", message: "the task failed unexpectedly; the service log has details" };
+}
+
+/**
+ * Oldest first within each project, and projects in turn: one project's burst of
+ * imports does not hold up everybody else's.
+ */
+export function fairOrder(tasks: readonly TaskRecord[]): TaskRecord[] {
+  const byOwner = new Map<string, TaskRecord[]>();
+  for (const task of tasks) byOwner.set(task.owner, [...(byOwner.get(task.owner) ?? []), task]);
+  const queues = [...byOwner.values()];
+  const order: TaskRecord[] = [];
+  for (let round = 0; order.length < tasks.length; round++) {
+    for (const queue of queues) if (queue[round]) order.push(queue[round]!);
+  }
+  return order;
 }

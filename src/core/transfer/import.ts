@@ -31,6 +31,11 @@ export const runImport: Executor = async (run, env) => {
   const imageId = run.task.imageId;
   const { config, stores } = env;
   const written: StoreTarget[] = [];
+  // An earlier attempt got as far as activating the image but not as far as saying so.
+  const image = await env.repository.findImage(imageId);
+  if (image?.status === "active") {
+    return { imageId, storeUris: image.locations.filter((l) => l.status === "active").map((l) => l.uri) };
+  }
   try {
     // fetching
     const source = resolveStoreUri(stores, input.seedUri, config.region);
