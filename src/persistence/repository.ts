@@ -57,6 +57,14 @@ export interface Repository {
   findTask(id: string): Promise<TaskRecord | undefined>;
   listTasks(request: PageRequest<TaskFilter>): Promise<Page<TaskRecord>>;
   updateTask(id: string, change: TaskChange): Promise<TaskRecord>;
+  /**
+   * Records that `key` from project `owner` names task `taskId`, unless it already names
+   * a task recorded at or after `since`: returns the id the key names after the call.
+   * Atomic across processes, so of two racing requests with one key only one starts a task.
+   */
+  reserveIdempotencyKey(owner: string, key: string, taskId: string, now: number, since: number): Promise<string>;
+  /** Frees a key reserved for `taskId`, when starting that task failed; a key naming another task stays. */
+  releaseIdempotencyKey(owner: string, key: string, taskId: string): Promise<void>;
   /** Tasks a worker may claim now, oldest first: pending ones, and running ones whose lease expired before `now`. */
   listClaimableTasks(now: number, limit: number): Promise<TaskRecord[]>;
   /** Snapshots of the task after each change with a version above `afterVersion`, oldest first. */

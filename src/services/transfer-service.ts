@@ -10,7 +10,7 @@ import { pickStore, resolveStoreUri, storeUri } from "../core/store-uri.js";
 import type { ConfiguredStore } from "../core/stores.js";
 import { TaskHub } from "../core/task-hub.js";
 import type { TaskRunner } from "../core/task-runner.js";
-import { newTaskRecord, type TaskType } from "../core/task.js";
+import { newTaskRecord, type TaskRecord, type TaskType } from "../core/task.js";
 import type { CopyInput } from "../core/transfer/copy.js";
 import { exportKey } from "../core/transfer/environment.js";
 import type { ExportInput } from "../core/transfer/export.js";
@@ -27,6 +27,9 @@ import { visibleImage } from "./visibility.js";
 const exportFormats: DiskFormat[] = ["raw", "qcow2", "vmdk", "vhd", "vhdx"];
 const hashLengths = { sha256: 64, sha512: 128 } as const;
 const MAX_URL_TTL_SECONDS = 7 * 24 * 3600;
+const MAX_IDEMPOTENCY_KEY_LENGTH = 128;
+/** How long an idempotency key names its task. */
+const IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000;
 /** Chunks sent by DownloadImageData: big enough for throughput, far below message limits. */
 const DOWNLOAD_CHUNK_BYTES = 1024 * 1024;
 
@@ -77,11 +80,11 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
       allStoresMustSucceed: req.allStoresMustSucceed,
       expectedHash: expectedHash(req.expectedHash),
     };
-    const image = req.imageId === ""
-      ? await this.newImage(ctx, req.name, declared)
-      : await this.claimQueuedImage(req.imageId, ctx);
-    const task = await this.createTask("import", image, ctx, input);
-    return { task: taskToProto(task), image: imageToProto(image) };
+    const task = await this.idempotent(req.idempotencyKey, ctx, async (taskId) => {
+      const image = req.imageId === "" ? await this.newImage(ctx, req.name, declared) : await this.claimQueuedImage(req.imageId, ctx);
+      return this.createTask("import", image, ctx, input, taskId);
+    });
+    return { task: taskToProto(task), image: imageToProto((await this.repository.findImage(task.imageId))!) };
   }
 
   async exportImage(req: pb.ExportImageRequest, ctx: HandlerContext) {
@@ -90,7 +93,7 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     if (!format || !exportFormats.includes(format)) throw invalidArgument(`disk_format must be one of ${exportFormats.join(", ")}`);
     const store = pickStore(this.stores, req.store, "isDefault", this.config.region);
     const input: ExportInput = { diskFormat: format, store: store.name };
-    return { task: taskToProto(await this.createTask("export", image, ctx, input)) };
+    return { task: taskToProto(await this.idempotent(req.idempotencyKey, ctx, (id) => this.createTask("export", image, ctx, input, id))) };
   }
 
   async createDownloadUrl(req: pb.CreateDownloadUrlRequest, ctx: HandlerContext) {
@@ -107,7 +110,7 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     const image = await this.activeImage(req.imageId, ctx);
     if (req.stores.length === 0) throw invalidArgument("stores must name at least one store to copy to");
     const input: CopyInput = { stores: this.destinationStores(req.stores), allStoresMustSucceed: req.allStoresMustSucceed };
-    return { task: taskToProto(await this.createTask("copy", image, ctx, input)) };
+    return { task: taskToProto(await this.idempotent(req.idempotencyKey, ctx, (id) => this.createTask("copy", image, ctx, input, id))) };
   }
 
   /**
@@ -213,9 +216,34 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     return this.repository.updateImage(image.id, { expect: ["queued"], status: "importing" });
   }
 
-  private async createTask(type: TaskType, image: ImageRecord, ctx: HandlerContext, input: object) {
+  /**
+   * Starts a task, unless an earlier call with the same idempotency key (same project,
+   * within 24 hours) did: then returns that one. A start that fails frees the key again.
+   */
+  private async idempotent(key: string, ctx: HandlerContext, start: (taskId: string) => Promise<TaskRecord>): Promise<TaskRecord> {
+    const taskId = newId();
+    if (key === "") return start(taskId);
+    if (key.length > MAX_IDEMPOTENCY_KEY_LENGTH) throw invalidArgument(`idempotency_key must be at most ${MAX_IDEMPOTENCY_KEY_LENGTH} characters`);
+    const owner = principalOf(ctx).project;
+    const now = Date.now();
+    const named = await this.repository.reserveIdempotencyKey(owner, key, taskId, now, now - IDEMPOTENCY_WINDOW_MS);
+    if (named !== taskId) {
+      const task = await this.repository.findTask(named);
+      // The first call reserved the key and is still creating its task.
+      if (!task) throw new DomainError("aborted", "IDEMPOTENCY_KEY_IN_USE", "a request with this idempotency_key is still being handled; retry shortly");
+      return task;
+    }
+    try {
+      return await start(taskId);
+    } catch (err) {
+      await this.repository.releaseIdempotencyKey(owner, key, taskId).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async createTask(type: TaskType, image: ImageRecord, ctx: HandlerContext, input: object, id = newId()) {
     const task = await this.hub.create(
-      newTaskRecord({ id: newId(), type, imageId: image.id, owner: principalOf(ctx).project, input: { ...input } }, Date.now()),
+      newTaskRecord({ id, type, imageId: image.id, owner: principalOf(ctx).project, input: { ...input } }, Date.now()),
     );
     this.runner.poke();
     return task;

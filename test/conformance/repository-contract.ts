@@ -268,6 +268,34 @@ export function repositoryContract(name: string, harness: RepositoryHarness): vo
       expect(claimable.indexOf(pending.id)).toBeLessThan(claimable.indexOf(expired.id));
     });
 
+    it("lets one idempotency key name one task per project within the window, even under races", async () => {
+      const now = Date.now();
+      const key = `key-${newId()}`;
+      const ids = Array.from({ length: 6 }, () => newId());
+      const other = await harness.reopen();
+      try {
+        const named = await Promise.all(ids.map((id, i) => (i % 2 ? other : repo).reserveIdempotencyKey("p1", key, id, now, now - 1000)));
+        // Every racer learns the same winner, and the winner is one of them.
+        expect(new Set(named).size).toBe(1);
+        expect(ids).toContain(named[0]);
+      } finally {
+        await other.close();
+      }
+      const winner = await repo.reserveIdempotencyKey("p1", key, newId(), now, now - 1000);
+      // Another project's key is its own.
+      const theirs = newId();
+      expect(await repo.reserveIdempotencyKey("p2", key, theirs, now, now - 1000)).toBe(theirs);
+      // Releasing for another task leaves the key; releasing for its own task frees it.
+      await repo.releaseIdempotencyKey("p1", key, theirs);
+      expect(await repo.reserveIdempotencyKey("p1", key, newId(), now, now - 1000)).toBe(winner);
+      await repo.releaseIdempotencyKey("p1", key, winner);
+      const fresh = newId();
+      expect(await repo.reserveIdempotencyKey("p1", key, fresh, now, now - 1000)).toBe(fresh);
+      // Once the window has passed, the key is free again.
+      const later = newId();
+      expect(await repo.reserveIdempotencyKey("p1", key, later, now + 5000, now + 1)).toBe(later);
+    });
+
     it("keeps everything across a reopen", async () => {
       const img = image({ name: "kept" });
       const t = task({ imageId: img.id });

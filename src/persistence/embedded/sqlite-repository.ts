@@ -25,6 +25,9 @@ const schema = `
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, state TEXT NOT NULL, type TEXT NOT NULL,
     image_id TEXT NOT NULL, create_time INTEGER NOT NULL, doc TEXT NOT NULL);
   CREATE INDEX IF NOT EXISTS tasks_by_time ON tasks (create_time, id);
+  CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner TEXT NOT NULL, key TEXT NOT NULL, task_id TEXT NOT NULL, create_time INTEGER NOT NULL,
+    PRIMARY KEY (owner, key));
   CREATE TABLE IF NOT EXISTS task_changes (
     task_id TEXT NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL,
     PRIMARY KEY (task_id, version));
@@ -139,6 +142,23 @@ export class SqliteRepository implements Repository {
       this.recordChange(next);
       return next;
     }).immediate();
+  }
+
+  async reserveIdempotencyKey(owner: string, key: string, taskId: string, now: number, since: number): Promise<string> {
+    return this.db.transaction(() => {
+      const row = this.db.prepare("SELECT task_id, create_time FROM idempotency_keys WHERE owner = ? AND key = ?").get(owner, key) as
+        | { task_id: string; create_time: number }
+        | undefined;
+      if (row && row.create_time >= since) return row.task_id;
+      this.db
+        .prepare("INSERT OR REPLACE INTO idempotency_keys (owner, key, task_id, create_time) VALUES (?, ?, ?, ?)")
+        .run(owner, key, taskId, now);
+      return taskId;
+    }).immediate();
+  }
+
+  async releaseIdempotencyKey(owner: string, key: string, taskId: string): Promise<void> {
+    this.db.prepare("DELETE FROM idempotency_keys WHERE owner = ? AND key = ? AND task_id = ?").run(owner, key, taskId);
   }
 
   async listClaimableTasks(now: number, limit: number): Promise<TaskRecord[]> {

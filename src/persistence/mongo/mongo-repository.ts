@@ -49,6 +49,7 @@ export class MongoRepository implements Repository {
   private readonly tasks: Collection<TaskDoc>;
   private readonly imageChanges: Collection<ChangeDoc<ImageRecord>>;
   private readonly taskChanges: Collection<ChangeDoc<TaskRecord>>;
+  private readonly idempotencyKeys: Collection<{ _id: string; taskId: string; createTime: number }>;
 
   constructor(options: MongoRepositoryOptions) {
     this.client = new MongoClient(options.uri, {
@@ -61,6 +62,7 @@ export class MongoRepository implements Repository {
     this.tasks = this.db.collection("tasks");
     this.imageChanges = this.db.collection("image_changes");
     this.taskChanges = this.db.collection("task_changes");
+    this.idempotencyKeys = this.db.collection("idempotency_keys");
   }
 
   async init(): Promise<void> {
@@ -146,6 +148,29 @@ export class MongoRepository implements Repository {
         };
       }),
     );
+  }
+
+  async reserveIdempotencyKey(owner: string, key: string, taskId: string, now: number, since: number): Promise<string> {
+    const _id = `${owner}\n${key}`;
+    return guard(async () => {
+      for (let attempt = 0; attempt < MAX_CHANGE_ATTEMPTS; attempt++) {
+        try {
+          await this.idempotencyKeys.insertOne({ _id, taskId, createTime: now });
+          return taskId;
+        } catch (err) {
+          if (!isDuplicateKey(err)) throw err;
+        }
+        const existing = await this.idempotencyKeys.findOne({ _id });
+        if (existing && existing.createTime >= since) return existing.taskId;
+        // Expired: remove exactly that record (not a newer one), then try to insert again.
+        if (existing) await this.idempotencyKeys.deleteOne({ _id, createTime: existing.createTime });
+      }
+      throw unavailable("too many concurrent requests with one idempotency key; try again");
+    });
+  }
+
+  async releaseIdempotencyKey(owner: string, key: string, taskId: string): Promise<void> {
+    await guard(() => this.idempotencyKeys.deleteOne({ _id: `${owner}\n${key}`, taskId }));
   }
 
   async listClaimableTasks(now: number, limit: number): Promise<TaskRecord[]> {
