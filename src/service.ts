@@ -8,6 +8,7 @@ import { loadSigningKey, UrlSigner } from "./core/signed-url.js";
 import { closeStores, openStores } from "./core/stores.js";
 import { TaskHub } from "./core/task-hub.js";
 import { TaskRunner } from "./core/task-runner.js";
+import { GarbageCollector } from "./core/garbage-collector.js";
 import { runCopy } from "./core/transfer/copy.js";
 import { runExport } from "./core/transfer/export.js";
 import { runImport } from "./core/transfer/import.js";
@@ -77,6 +78,8 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
     logger,
   );
   container.register(Tokens.TaskRunner, { useValue: runner });
+  const collector = new GarbageCollector(config, repository, stores, logger, () => runner.runningTasks());
+  container.register(Tokens.GarbageCollector, { useValue: collector });
 
   const routes = (router: ConnectRouter) => {
     router.service(ImageService, container.resolve(ImageServiceImpl));
@@ -127,12 +130,21 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     throw err;
   }
   service.endpoint.baseUrl ||= listener?.url ?? "";
-  if (config.role !== "api") service.runner.start();
+  let sweeper: NodeJS.Timeout | undefined;
+  if (config.role !== "api") {
+    service.runner.start();
+    const collector = service.container.resolve(Tokens.GarbageCollector);
+    if (config.gcIntervalSeconds > 0) {
+      sweeper = setInterval(() => void collector.sweep().catch((err) => logger.warn({ err: String(err) }, "garbage collection failed")), config.gcIntervalSeconds * 1000);
+      sweeper.unref();
+    }
+  }
   logger.info({ url: listener?.url, role: config.role, database: config.mongodbUri ? "mongodb" : "embedded" }, "imagetransfer started");
   return {
     ...service,
     listener,
     async close(options = {}) {
+      clearInterval(sweeper);
       service.container.resolve(TaskHub).close();
       // Tasks stop being claimed at once and get their grace period while connections drain.
       await Promise.all([listener?.close(), service.runner.stop(options)]);

@@ -1,5 +1,6 @@
 import type { InjectionToken } from "tsyringe";
 import type { Config } from "./config/config.js";
+import type { GarbageCollector } from "./core/garbage-collector.js";
 import type { UrlSigner } from "./core/signed-url.js";
 import type { ConfiguredStore } from "./core/stores.js";
 import type { TaskRunner } from "./core/task-runner.js";
@@ -18,6 +19,7 @@ export const Tokens = {
   Plugins: Symbol("PluginRegistry") as InjectionToken<PluginRegistry>,
   Stores: Symbol("Stores") as InjectionToken<ConfiguredStore[]>,
   TaskRunner: Symbol("TaskRunner") as InjectionToken<TaskRunner>,
+  GarbageCollector: Symbol("GarbageCollector") as InjectionToken<GarbageCollector>,
   UrlSigner: Symbol("UrlSigner") as InjectionToken<UrlSigner>,
   PublicEndpoint: Symbol("PublicEndpoint") as InjectionToken<PublicEndpoint>,
 } as const;

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import {
+  CollectGarbageResponseSchema,
   ListPluginsResponseSchema,
   ListStoresResponseSchema,
   PluginKindSchema,
@@ -46,7 +47,7 @@ const pluginColumns: Column<Plugin>[] = [
   { header: "ERROR", value: (p) => (p.state === PluginState.FAILED ? orDash(p.error) : "") },
 ];
 
-/** `itx stores list` and `itx plugins list`: how the deployment is put together. */
+/** `itx stores list`, `itx plugins list` and `itx admin gc`: how the deployment is put together, and its upkeep. */
 export function registerAdmin(program: Command): void {
   const stores = program.command("stores").description("the configured store instances");
   addClientOptions(stores.command("list").description("list the configured stores and whether each is available")).action(
@@ -68,5 +69,21 @@ export function registerAdmin(program: Command): void {
         // The ERROR column only when something failed, so the usual table stays narrow.
         process.stdout.write(formatTable(failed ? pluginColumns : pluginColumns.slice(0, -1), response.plugins));
       }),
+  );
+
+  const admin = program.command("admin").description("operator tasks");
+  addClientOptions(
+    admin.command("gc").description("remove abandoned uploads, data of killed and deleted images, leftover temporary files and old tasks now"),
+  ).action((opts: ClientOptions) =>
+    runClient(opts, async ({ admin: client }) => {
+      // A sweep lists whole stores: give it longer than an ordinary call.
+      const response = await client.collectGarbage({}, { timeoutMs: 10 * CALL_TIMEOUT_MS });
+      if (opts.json) return printJson(CollectGarbageResponseSchema, response);
+      for (const uri of response.removedObjects) process.stdout.write(`removed ${uri}\n`);
+      for (const dir of response.removedWorkDirs) process.stdout.write(`removed temporary folder ${dir}\n`);
+      process.stdout.write(
+        `${response.removedObjects.length} objects, ${response.removedWorkDirs.length} temporary folders, ${response.removedTasks} finished tasks removed\n`,
+      );
+    }),
   );
 }

@@ -48,6 +48,10 @@ export const configSchema = z
     leaseSeconds: z.number().min(1).max(600).default(30),
     /** On SIGTERM, how long running tasks may go on finishing before they are handed to other workers. */
     shutdownGraceSeconds: z.number().min(0).max(3600).default(30),
+    /** How often abandoned uploads, data of killed and deleted images, and old tasks are removed; 0 turns the sweep off. */
+    gcIntervalSeconds: z.number().int().min(0).default(600),
+    /** Finished tasks are kept this long, then removed by the sweep. */
+    taskRetentionDays: z.number().min(0).default(7),
     /** Starts of one task before it fails with ATTEMPTS_EXHAUSTED. */
     maxAttempts: z.number().int().min(1).max(100).default(3),
     /** Tasks this process runs at once. */

@@ -50,6 +50,11 @@ export class TaskRunner {
     this.poke();
   }
 
+  /** The ids of the tasks running in this process now. */
+  runningTasks(): Set<string> {
+    return new Set(this.running.keys());
+  }
+
   /** Looks for work now instead of at the next poll, e.g. right after a task is created; a no-op unless started. */
   poke(): void {
     if (!this.timer) return;

@@ -7,6 +7,8 @@ import { decodePageToken, encodePageToken, parsePageSize } from "../core/paging.
 import type { ImageService } from "../gen/imagetransfer/v1/image_pb.js";
 import type * as pb from "../gen/imagetransfer/v1/image_pb.js";
 import type { Repository } from "../persistence/repository.js";
+import type { ConfiguredStore } from "../core/stores.js";
+import { exportFormats, exportKey, imageKey } from "../core/transfer/environment.js";
 import { Tokens } from "../tokens.js";
 import { containerFormat, diskFormat, imageStatus, imageToProto } from "./convert.js";
 import { principalOf } from "./principal.js";
@@ -19,7 +21,10 @@ const MAX_PROPERTY_LENGTH = 4096;
 /** The image catalogue: records only; data moves through TransferService. */
 @injectable()
 export class ImageServiceImpl implements ServiceImpl<typeof ImageService> {
-  constructor(@inject(Tokens.Repository) private readonly repository: Repository) {}
+  constructor(
+    @inject(Tokens.Repository) private readonly repository: Repository,
+    @inject(Tokens.Stores) private readonly stores: ConfiguredStore[],
+  ) {}
 
   async createImage(req: pb.CreateImageRequest, ctx: HandlerContext) {
     const image = newImageRecord(
@@ -91,7 +96,14 @@ export class ImageServiceImpl implements ServiceImpl<typeof ImageService> {
   async deleteImage(req: pb.DeleteImageRequest, ctx: HandlerContext) {
     const current = await this.visibleImage(req.id, ctx);
     const image = await this.repository.updateImage(current.id, { status: "deleted" });
+    await this.removeData(image.id);
     return { image: imageToProto(image) };
+  }
+
+  /** Frees a deleted image's space at once; whatever fails here the garbage collector removes later. */
+  private async removeData(imageId: string): Promise<void> {
+    const keys = [imageKey(imageId), ...exportFormats.map((format) => exportKey(imageId, format))];
+    await Promise.allSettled(this.stores.flatMap((store) => keys.map((key) => store.instance?.delete(key))));
   }
 
   private visibleImage(rawId: string, ctx: HandlerContext) {

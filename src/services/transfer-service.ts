@@ -12,7 +12,7 @@ import { TaskHub } from "../core/task-hub.js";
 import type { TaskRunner } from "../core/task-runner.js";
 import { newTaskRecord, type TaskRecord, type TaskType } from "../core/task.js";
 import type { CopyInput } from "../core/transfer/copy.js";
-import { exportKey } from "../core/transfer/environment.js";
+import { exportFormats, exportKey } from "../core/transfer/environment.js";
 import type { ExportInput } from "../core/transfer/export.js";
 import type { ImportInput } from "../core/transfer/import.js";
 import { HashAlgorithm, type TransferService } from "../gen/imagetransfer/v1/transfer_pb.js";
@@ -24,7 +24,6 @@ import { diskFormat, imageToProto, taskToProto } from "./convert.js";
 import { principalOf } from "./principal.js";
 import { visibleImage } from "./visibility.js";
 
-const exportFormats: DiskFormat[] = ["raw", "qcow2", "vmdk", "vhd", "vhdx"];
 const hashLengths = { sha256: 64, sha512: 128 } as const;
 const MAX_URL_TTL_SECONDS = 7 * 24 * 3600;
 const MAX_IDEMPOTENCY_KEY_LENGTH = 128;
@@ -90,7 +89,7 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
   async exportImage(req: pb.ExportImageRequest, ctx: HandlerContext) {
     const image = await this.activeImage(req.imageId, ctx);
     const format = diskFormat.fromProto(req.diskFormat, "disk_format");
-    if (!format || !exportFormats.includes(format)) throw invalidArgument(`disk_format must be one of ${exportFormats.join(", ")}`);
+    if (!format || !(exportFormats as readonly string[]).includes(format)) throw invalidArgument(`disk_format must be one of ${exportFormats.join(", ")}`);
     const store = pickStore(this.stores, req.store, "isDefault", this.config.region);
     const input: ExportInput = { diskFormat: format, store: store.name };
     return { task: taskToProto(await this.idempotent(req.idempotencyKey, ctx, (id) => this.createTask("export", image, ctx, input, id))) };

@@ -44,5 +44,8 @@ export type Executor = (run: TaskRun, env: TransferEnvironment) => Promise<TaskR
 /** Where an image's runtime copy lives in a store. */
 export const imageKey = (imageId: string) => `images/${imageId}`;
 
+/** The formats an image can be exported to. */
+export const exportFormats = ["raw", "qcow2", "vmdk", "vhd", "vhdx"] as const;
+
 /** Where an image's export in a format lives; one per format, reused by later exports. */
 export const exportKey = (imageId: string, format: string) => `exports/${imageId}.${format}`;

@@ -161,6 +161,24 @@ export class SqliteRepository implements Repository {
     this.db.prepare("DELETE FROM idempotency_keys WHERE owner = ? AND key = ? AND task_id = ?").run(owner, key, taskId);
   }
 
+  async deleteFinishedTasks(finishedBefore: number): Promise<number> {
+    return this.db.transaction(() => {
+      const ids = (
+        this.db
+          .prepare(
+            `SELECT id FROM tasks WHERE state IN ('succeeded', 'failed', 'canceled')
+               AND json_extract(doc, '$.finishTime') < ?`,
+          )
+          .all(finishedBefore) as Array<{ id: string }>
+      ).map((r) => r.id);
+      for (const id of ids) {
+        this.db.prepare("DELETE FROM task_changes WHERE task_id = ?").run(id);
+        this.db.prepare("DELETE FROM tasks WHERE id = ?").run(id);
+      }
+      return ids.length;
+    }).immediate();
+  }
+
   async listClaimableTasks(now: number, limit: number): Promise<TaskRecord[]> {
     const rows = this.db
       .prepare(

@@ -173,6 +173,19 @@ export class MongoRepository implements Repository {
     await guard(() => this.idempotencyKeys.deleteOne({ _id: `${owner}\n${key}`, taskId }));
   }
 
+  async deleteFinishedTasks(finishedBefore: number): Promise<number> {
+    return guard(async () => {
+      const old = await this.tasks
+        .find({ state: { $in: ["succeeded", "failed", "canceled"] }, finishTime: { $lt: finishedBefore } }, { projection: { _id: 1 } })
+        .toArray();
+      const ids = old.map((t) => t._id);
+      if (ids.length === 0) return 0;
+      await this.taskChanges.deleteMany({ recordId: { $in: ids } });
+      await this.tasks.deleteMany({ _id: { $in: ids } });
+      return ids.length;
+    });
+  }
+
   async listClaimableTasks(now: number, limit: number): Promise<TaskRecord[]> {
     return guard(async () => {
       const docs = await this.tasks

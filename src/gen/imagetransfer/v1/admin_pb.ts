@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file imagetransfer/v1/admin.proto.
  */
 export const file_imagetransfer_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChxpbWFnZXRyYW5zZmVyL3YxL2FkbWluLnByb3RvEhBpbWFnZXRyYW5zZmVyLnYxIpgBChFTdG9yZUNhcGFiaWxpdGllcxITCgtyZWFkX3JhbmdlcxgBIAEoCBINCgV3cml0ZRgCIAEoCBIOCgZkZWxldGUYAyABKAgSDAoEbGlzdBgEIAEoCBITCgtwcmVzaWduX2dldBgFIAEoCBITCgtwcmVzaWduX3B1dBgGIAEoCBIXCg9tYXhfb2JqZWN0X3NpemUYByABKAQiywEKBVN0b3JlEgwKBG5hbWUYASABKAkSDgoGcGx1Z2luGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIPCgdzY2hlbWVzGAQgAygJEhIKCmlzX2RlZmF1bHQYBSABKAgSEgoKaXNfc3RhZ2luZxgGIAEoCBI5CgxjYXBhYmlsaXRpZXMYByABKAsyIy5pbWFnZXRyYW5zZmVyLnYxLlN0b3JlQ2FwYWJpbGl0aWVzEhEKCWF2YWlsYWJsZRgIIAEoCBINCgVlcnJvchgJIAEoCSITChFMaXN0U3RvcmVzUmVxdWVzdCI9ChJMaXN0U3RvcmVzUmVzcG9uc2USJwoGc3RvcmVzGAEgAygLMhcuaW1hZ2V0cmFuc2Zlci52MS5TdG9yZSKxAQoGUGx1Z2luEgoKAmlkGAEgASgJEioKBGtpbmQYAiABKA4yHC5pbWFnZXRyYW5zZmVyLnYxLlBsdWdpbktpbmQSDwoHdmVyc2lvbhgDIAEoCRITCgthcGlfdmVyc2lvbhgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmltYWdldHJhbnNmZXIudjEuUGx1Z2luU3RhdGUSDQoFZXJyb3IYBiABKAkSDAoEcGF0aBgHIAEoCSIUChJMaXN0UGx1Z2luc1JlcXVlc3QiQAoTTGlzdFBsdWdpbnNSZXNwb25zZRIpCgdwbHVnaW5zGAEgAygLMhguaW1hZ2V0cmFuc2Zlci52MS5QbHVnaW4qWwoKUGx1Z2luS2luZBIbChdQTFVHSU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVBMVUdJTl9LSU5EX1NUT1JFEAESGQoVUExVR0lOX0tJTkRfQ09OVkVSVEVSEAIqXQoLUGx1Z2luU3RhdGUSHAoYUExVR0lOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTUExVR0lOX1NUQVRFX0xPQURFRBABEhcKE1BMVUdJTl9TVEFURV9GQUlMRUQQAjLDAQoMQWRtaW5TZXJ2aWNlElcKCkxpc3RTdG9yZXMSIy5pbWFnZXRyYW5zZmVyLnYxLkxpc3RTdG9yZXNSZXF1ZXN0GiQuaW1hZ2V0cmFuc2Zlci52MS5MaXN0U3RvcmVzUmVzcG9uc2USWgoLTGlzdFBsdWdpbnMSJC5pbWFnZXRyYW5zZmVyLnYxLkxpc3RQbHVnaW5zUmVxdWVzdBolLmltYWdldHJhbnNmZXIudjEuTGlzdFBsdWdpbnNSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChxpbWFnZXRyYW5zZmVyL3YxL2FkbWluLnByb3RvEhBpbWFnZXRyYW5zZmVyLnYxIpgBChFTdG9yZUNhcGFiaWxpdGllcxITCgtyZWFkX3JhbmdlcxgBIAEoCBINCgV3cml0ZRgCIAEoCBIOCgZkZWxldGUYAyABKAgSDAoEbGlzdBgEIAEoCBITCgtwcmVzaWduX2dldBgFIAEoCBITCgtwcmVzaWduX3B1dBgGIAEoCBIXCg9tYXhfb2JqZWN0X3NpemUYByABKAQiywEKBVN0b3JlEgwKBG5hbWUYASABKAkSDgoGcGx1Z2luGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIPCgdzY2hlbWVzGAQgAygJEhIKCmlzX2RlZmF1bHQYBSABKAgSEgoKaXNfc3RhZ2luZxgGIAEoCBI5CgxjYXBhYmlsaXRpZXMYByABKAsyIy5pbWFnZXRyYW5zZmVyLnYxLlN0b3JlQ2FwYWJpbGl0aWVzEhEKCWF2YWlsYWJsZRgIIAEoCBINCgVlcnJvchgJIAEoCSITChFMaXN0U3RvcmVzUmVxdWVzdCI9ChJMaXN0U3RvcmVzUmVzcG9uc2USJwoGc3RvcmVzGAEgAygLMhcuaW1hZ2V0cmFuc2Zlci52MS5TdG9yZSKxAQoGUGx1Z2luEgoKAmlkGAEgASgJEioKBGtpbmQYAiABKA4yHC5pbWFnZXRyYW5zZmVyLnYxLlBsdWdpbktpbmQSDwoHdmVyc2lvbhgDIAEoCRITCgthcGlfdmVyc2lvbhgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmltYWdldHJhbnNmZXIudjEuUGx1Z2luU3RhdGUSDQoFZXJyb3IYBiABKAkSDAoEcGF0aBgHIAEoCSIUChJMaXN0UGx1Z2luc1JlcXVlc3QiQAoTTGlzdFBsdWdpbnNSZXNwb25zZRIpCgdwbHVnaW5zGAEgAygLMhguaW1hZ2V0cmFuc2Zlci52MS5QbHVnaW4iFwoVQ29sbGVjdEdhcmJhZ2VSZXF1ZXN0ImMKFkNvbGxlY3RHYXJiYWdlUmVzcG9uc2USFwoPcmVtb3ZlZF9vYmplY3RzGAEgAygJEhkKEXJlbW92ZWRfd29ya19kaXJzGAIgAygJEhUKDXJlbW92ZWRfdGFza3MYAyABKA0qWwoKUGx1Z2luS2luZBIbChdQTFVHSU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVBMVUdJTl9LSU5EX1NUT1JFEAESGQoVUExVR0lOX0tJTkRfQ09OVkVSVEVSEAIqXQoLUGx1Z2luU3RhdGUSHAoYUExVR0lOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTUExVR0lOX1NUQVRFX0xPQURFRBABEhcKE1BMVUdJTl9TVEFURV9GQUlMRUQQAjKoAgoMQWRtaW5TZXJ2aWNlElcKCkxpc3RTdG9yZXMSIy5pbWFnZXRyYW5zZmVyLnYxLkxpc3RTdG9yZXNSZXF1ZXN0GiQuaW1hZ2V0cmFuc2Zlci52MS5MaXN0U3RvcmVzUmVzcG9uc2USWgoLTGlzdFBsdWdpbnMSJC5pbWFnZXRyYW5zZmVyLnYxLkxpc3RQbHVnaW5zUmVxdWVzdBolLmltYWdldHJhbnNmZXIudjEuTGlzdFBsdWdpbnNSZXNwb25zZRJjCg5Db2xsZWN0R2FyYmFnZRInLmltYWdldHJhbnNmZXIudjEuQ29sbGVjdEdhcmJhZ2VSZXF1ZXN0GiguaW1hZ2V0cmFuc2Zlci52MS5Db2xsZWN0R2FyYmFnZVJlc3BvbnNlYgZwcm90bzM");
 
 /**
  * StoreCapabilities are what a store plugin can do.
@@ -254,6 +254,52 @@ export const ListPluginsResponseSchema: GenMessage<ListPluginsResponse> = /*@__P
   messageDesc(file_imagetransfer_v1_admin, 6);
 
 /**
+ * @generated from message imagetransfer.v1.CollectGarbageRequest
+ */
+export type CollectGarbageRequest = Message<"imagetransfer.v1.CollectGarbageRequest"> & {
+};
+
+/**
+ * Describes the message imagetransfer.v1.CollectGarbageRequest.
+ * Use `create(CollectGarbageRequestSchema)` to create a new message.
+ */
+export const CollectGarbageRequestSchema: GenMessage<CollectGarbageRequest> = /*@__PURE__*/
+  messageDesc(file_imagetransfer_v1_admin, 7);
+
+/**
+ * @generated from message imagetransfer.v1.CollectGarbageResponse
+ */
+export type CollectGarbageResponse = Message<"imagetransfer.v1.CollectGarbageResponse"> & {
+  /**
+   * Store URIs of the objects removed.
+   *
+   * @generated from field: repeated string removed_objects = 1;
+   */
+  removedObjects: string[];
+
+  /**
+   * Temporary task folders removed.
+   *
+   * @generated from field: repeated string removed_work_dirs = 2;
+   */
+  removedWorkDirs: string[];
+
+  /**
+   * Finished tasks removed after their retention time.
+   *
+   * @generated from field: uint32 removed_tasks = 3;
+   */
+  removedTasks: number;
+};
+
+/**
+ * Describes the message imagetransfer.v1.CollectGarbageResponse.
+ * Use `create(CollectGarbageResponseSchema)` to create a new message.
+ */
+export const CollectGarbageResponseSchema: GenMessage<CollectGarbageResponse> = /*@__PURE__*/
+  messageDesc(file_imagetransfer_v1_admin, 8);
+
+/**
  * PluginKind is what a plugin provides.
  *
  * @generated from enum imagetransfer.v1.PluginKind
@@ -335,6 +381,17 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListPluginsRequestSchema;
     output: typeof ListPluginsResponseSchema;
+  },
+  /**
+   * CollectGarbage runs the sweep now: abandoned uploads, data of killed and deleted
+   * images, leftover temporary files and expired task history.
+   *
+   * @generated from rpc imagetransfer.v1.AdminService.CollectGarbage
+   */
+  collectGarbage: {
+    methodKind: "unary";
+    input: typeof CollectGarbageRequestSchema;
+    output: typeof CollectGarbageResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_imagetransfer_v1_admin, 0);
