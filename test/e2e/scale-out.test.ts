@@ -52,6 +52,7 @@ beforeAll(async () => {
   await mkdir(storeRoot);
   mongo = await startMongoServer();
   const uri = withDatabase(mongo.uri, `itx_scale_${randomBytes(4).toString("hex")}`);
+  diagUri = uri; // DIAG
 
   const config = join(dir, "itx.yaml");
   await writeFile(
@@ -190,12 +191,21 @@ function logLines(n: Node): LogLine[] {
 }
 
 /** Every "task started" line of every process (killed ones included), with the process that wrote it. */
-function starts(): { node: Node; taskId: string; attempt: number }[] {
-  return nodes.flatMap((n) =>
-    logLines(n)
-      .filter((l) => l.msg === "task started")
-      .map((l) => ({ node: n, taskId: l.taskId!, attempt: l.attempt! })),
-  );
+function starts(): { node: Node; taskId: string; attempt: number; time: number }[] {
+  return nodes
+    .flatMap((n) =>
+      logLines(n)
+        .filter((l) => l.msg === "task started")
+        .map((l) => ({ node: n, taskId: l.taskId!, attempt: l.attempt!, time: Number(l.time) })),
+    )
+    .sort((a, b) => a.attempt - b.attempt || a.time - b.time);
+}
+
+/** Every log line about one task, per process: the evidence when a task ran more than once. */
+function history(taskId: string): string {
+  return nodes
+    .map((n) => `${n.name} (pid ${n.server.process.pid}): ${JSON.stringify(logLines(n).filter((l) => l.taskId === taskId))}`)
+    .join("\n");
 }
 
 /**
@@ -233,6 +243,30 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+// DIAG-BEGIN
+import { MongoClient } from "mongodb";
+let diagUri = "";
+async function diag(ids: string[]): Promise<void> {
+  const client = new MongoClient(diagUri, { directConnection: true });
+  try {
+    const db = client.db(new URL(diagUri.replace(/^mongodb:/, "http:")).pathname.slice(1));
+    for (const id of ids) {
+      const docs = await db.collection("task_changes").find({ recordId: id }).sort({ version: 1 }).toArray();
+      const t0 = docs[0]?.record.createTime ?? 0;
+      console.log(`DIAG ${id}\n` + docs.map((d: any) => {
+        const r = d.record;
+        return `  v${r.version} ${r.state} att=${r.attempts} owner=${r.lease?.owner ?? "-"} exp=${r.lease ? r.lease.expireTime - t0 : "-"} upd=${r.updateTime - t0} exp-upd=${r.lease ? r.lease.expireTime - r.updateTime : "-"} stage=${r.progress?.stage ?? "-"}`;
+      }).join("\n"));
+      const doc = await db.collection("tasks").findOne({ _id: id as any });
+      console.log(`  doc v${doc?.version} ${doc?.state} owner=${doc?.lease?.owner}`);
+    }
+    console.log("DIAG logs\n" + ids.map(history).join("\n"));
+  } finally {
+    await client.close();
+  }
+}
+// DIAG-END
+
 const firstBatch: string[] = [];
 
 it("spreads 30 imports over three processes sharing one database and one store, each run exactly once", async () => {
@@ -241,10 +275,11 @@ it("spreads 30 imports over three processes sharing one database and one store, 
   const uploaded = Date.now();
   const tasks = await waitForEnd(firstBatch, 60_000);
   const finished = Date.now();
+  await diag([...tasks.values()].filter((t) => t.attempts !== 1).map((t) => t.id)); // DIAG
 
   for (const task of tasks.values()) {
     expect(task.state, `${task.id}: ${JSON.stringify(task.error)}`).toBe(TaskState.SUCCEEDED);
-    expect(task.attempts, task.id).toBe(1);
+    expect(task.attempts, `${task.id}\n${history(task.id)}`).toBe(1);
     expect(task.leaseOwner, task.id).toBe("");
   }
   await checkImages(tasks);
@@ -252,7 +287,7 @@ it("spreads 30 imports over three processes sharing one database and one store, 
   // Each task started exactly once over the union of the logs, and it finished where it started.
   const all = starts();
   for (const id of firstBatch) {
-    expect(all.filter((s) => s.taskId === id).map((s) => s.attempt), id).toEqual([1]);
+    expect(all.filter((s) => s.taskId === id).map((s) => s.attempt), `${id}\n${history(id)}`).toEqual([1]);
   }
   const succeeded = nodes.flatMap((n) => logLines(n).filter((l) => l.msg === "task succeeded").map((l) => `${n.name} ${l.taskId}`));
   expect(succeeded.sort()).toEqual(all.map((s) => `${s.node.name} ${s.taskId}`).sort());
@@ -314,9 +349,10 @@ it("hands the tasks of a process killed with SIGKILL to the others once their le
 
   const tasks = await waitForEnd(second, 60_000);
   const finished = Date.now();
+  await diag([...tasks.values()].filter((t) => t.attempts !== (orphans.includes(t.id) ? 2 : 1) || orphans.includes(t.id)).map((t) => t.id)); // DIAG
   for (const task of tasks.values()) {
     expect(task.state, `${task.id}: ${JSON.stringify(task.error)}`).toBe(TaskState.SUCCEEDED);
-    expect(task.attempts, task.id).toBe(orphans.includes(task.id) ? 2 : 1);
+    expect(task.attempts, `${task.id}\n${history(task.id)}`).toBe(orphans.includes(task.id) ? 2 : 1);
   }
 
   // The logs agree: the victim started each orphan (attempt 1) and never finished it; a survivor started it again (attempt 2).
@@ -324,12 +360,11 @@ it("hands the tasks of a process killed with SIGKILL to the others once their le
   const victimSucceeded = new Set(logLines(victim).filter((l) => l.msg === "task succeeded").map((l) => l.taskId));
   for (const id of orphans) {
     const runs = all.filter((s) => s.taskId === id);
-    const history = nodes.map((n) => `${n.name}: ${JSON.stringify(logLines(n).filter((l) => l.taskId === id))}`).join("\n");
-    expect(runs.map((s) => `${s.attempt} ${s.node === victim ? "victim" : "survivor"}`), `${id}\n${history}`).toEqual(["1 victim", "2 survivor"]);
+    expect(runs.map((s) => `${s.attempt} ${s.node === victim ? "victim" : "survivor"}`), `${id}\n${history(id)}`).toEqual(["1 victim", "2 survivor"]);
     expect(victimSucceeded.has(id), id).toBe(false);
   }
   for (const id of second.filter((id) => !orphans.includes(id))) {
-    expect(all.filter((s) => s.taskId === id).map((s) => s.attempt), id).toEqual([1]);
+    expect(all.filter((s) => s.taskId === id).map((s) => s.attempt), `${id}\n${history(id)}`).toEqual([1]);
   }
   // Tasks of the first batch were not touched again.
   for (const id of firstBatch) expect(all.filter((s) => s.taskId === id).length, id).toBe(1);
