@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import type { StoreConfigEntry } from "../config/config.js";
 import type { StoreCapabilities, StoreInstance } from "../plugins/plugin-api.js";
 import type { PluginRegistry } from "../plugins/registry.js";
+import { withRetries } from "./store-retry.js";
 
 /** One configured store instance, open or not. */
 export interface ConfiguredStore {
@@ -45,12 +46,13 @@ export async function openStores(
       store.schemes = [...found.driver.schemes];
       store.capabilities = found.driver.capabilities;
       try {
-        store.instance = await found.driver.open({
+        const opened = await found.driver.open({
           name: entry.name,
           region: store.region,
           options: entry.options,
           dataDir: resolve(options.dataDir),
         });
+        store.instance = withRetries(entry.name, opened, found.driver.capabilities.readRanges);
       } catch (err) {
         store.error = `cannot open: ${err instanceof Error ? err.message : String(err)}`;
       }
