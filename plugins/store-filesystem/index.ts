@@ -296,6 +296,28 @@ class FileStore implements StoreInstance {
 
   async close(): Promise<void> {}
 
+  /** Temp files of writers that died mid-way (list() never shows them), older than `olderThan`. */
+  async removePartialWrites(olderThan: Date, options?: CallOptions): Promise<number> {
+    let removed = 0;
+    const visit = async (dir: string): Promise<void> => {
+      checkAborted(options?.signal);
+      const entries = await fs.readdir(dir, { withFileTypes: true }).catch(() => []);
+      for (const entry of entries) {
+        const file = path.join(dir, entry.name);
+        if (entry.isDirectory()) await visit(file);
+        else if (entry.isFile() && TEMP_NAME.test(entry.name)) {
+          const stats = await fs.lstat(file).catch(() => undefined);
+          if (stats && stats.mtime < olderThan) {
+            await fs.rm(file, { force: true });
+            removed++;
+          }
+        }
+      }
+    };
+    await visit(this.root);
+    return removed;
+  }
+
   /**
    * Collects the regular files under `dir` (whose key prefix is `keyPrefix`), skipping
    * temp files, names that are not valid key segments, symbolic links and directories

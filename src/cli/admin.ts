@@ -82,7 +82,7 @@ export function registerAdmin(program: Command): void {
       for (const uri of response.removedObjects) process.stdout.write(`removed ${uri}\n`);
       for (const dir of response.removedWorkDirs) process.stdout.write(`removed temporary folder ${dir}\n`);
       process.stdout.write(
-        `${response.removedObjects.length} objects, ${response.removedWorkDirs.length} temporary folders, ${response.removedTasks} finished tasks removed\n`,
+        `${response.removedObjects.length} objects, ${response.removedPartialWrites} partial writes, ${response.removedWorkDirs.length} temporary folders, ${response.removedTasks} finished tasks removed\n`,
       );
     }),
   );

@@ -11,6 +11,8 @@ import type { ConfiguredStore } from "./stores.js";
 export interface SweepReport {
   /** Store URIs of removed objects. */
   objects: string[];
+  /** Leftovers of writes that never finished, across stores. */
+  partialWrites: number;
   /** Local temporary folders removed. */
   workDirs: string[];
   /** Finished tasks removed after their retention time. */
@@ -19,6 +21,8 @@ export interface SweepReport {
 
 /** Staged uploads get this long beyond their URL's lifetime before they count as abandoned. */
 const UPLOAD_MARGIN_MS = 3600_000;
+/** An unfinished write untouched this long has no writer left. */
+const PARTIAL_WRITE_AGE_MS = 3600_000;
 
 /**
  * Removes what nothing uses any more: staged uploads whose URL expired unused, data and
@@ -37,7 +41,7 @@ export class GarbageCollector {
   ) {}
 
   async sweep(now = Date.now()): Promise<SweepReport> {
-    const report: SweepReport = { objects: [], workDirs: [], tasks: 0 };
+    const report: SweepReport = { objects: [], partialWrites: 0, workDirs: [], tasks: 0 };
     const inUse = await this.seedsInUse();
     for (const store of this.stores) {
       if (!store.instance || store.region !== this.config.region) continue;
@@ -45,7 +49,7 @@ export class GarbageCollector {
     }
     await this.sweepWorkDirs(report);
     report.tasks = await this.repository.deleteFinishedTasks(now - this.config.taskRetentionDays * 86_400_000);
-    if (report.objects.length + report.workDirs.length + report.tasks > 0) this.logger.info(report, "garbage collected");
+    if (report.objects.length + report.partialWrites + report.workDirs.length + report.tasks > 0) this.logger.info(report, "garbage collected");
     return report;
   }
 
@@ -65,6 +69,7 @@ export class GarbageCollector {
 
   private async sweepStore(store: ConfiguredStore & { instance: StoreInstance }, seeds: Set<string>, now: number, report: SweepReport) {
     const uri = (key: string) => `${store.schemes[0]}://${store.name}/${key}`;
+    report.partialWrites += (await store.instance.removePartialWrites?.(new Date(now - PARTIAL_WRITE_AGE_MS))) ?? 0;
     const remove = async (object: ObjectInfo) => {
       await store.instance.delete(object.key);
       report.objects.push(uri(object.key));

@@ -78,6 +78,7 @@ export function withRetries(store: string, instance: StoreInstance, canResume: b
     write: (key, source, options) => instance.write(key, source, options),
     delete: (key, options) => retry(`delete ${key}`, options?.signal, () => instance.delete(key, options)),
     list: (options) => retry("list", options?.signal, () => instance.list(options)),
+    removePartialWrites: instance.removePartialWrites && ((olderThan, options) => instance.removePartialWrites!(olderThan, options)),
     presign: instance.presign && ((key, options) => retry(`presign ${key}`, undefined, () => instance.presign!(key, options))),
     close: instance.close && (() => instance.close!()),
   };

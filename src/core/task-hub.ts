@@ -34,11 +34,12 @@ export class TaskHub {
   }
 
   /**
-   * Applies a conditional change. Pending progress for the task is written first, so a
-   * state change is never overtaken by an older progress write.
+   * Applies a conditional change. Before a state change, the progress pending for the
+   * task is written first, so the state is never overtaken by an older progress write.
+   * Other changes (lease renewals) do not wait for progress.
    */
   async change(id: string, change: TaskChange): Promise<TaskRecord> {
-    await this.reporters.get(id)?.flush();
+    if (change.state !== undefined) await this.reporters.get(id)?.flush();
     const task = await this.repository.updateTask(id, change);
     if (isTerminal(task.state)) this.reporters.delete(id);
     this.wake(id);
@@ -125,6 +126,7 @@ export class ProgressReporter {
   private pending: TaskProgress[] = [];
   private inFlight?: Promise<void>;
   private timer?: NodeJS.Timeout;
+  private flushing = false;
   private lastWrite = 0;
   private lastStage?: string;
 
@@ -140,19 +142,28 @@ export class ProgressReporter {
     this.schedule();
   }
 
-  /** Writes whatever is pending now and waits for every write to finish. */
+  /**
+   * Writes what is pending now, in order, and waits for it. Progress reported meanwhile
+   * waits for the next interval: a pipeline still reporting never keeps the caller waiting.
+   */
   async flush(): Promise<void> {
-    // A finished write may schedule the next one, so loop until nothing is left either way.
-    while (this.inFlight || this.pending.length > 0) {
+    this.flushing = true;
+    try {
       clearTimeout(this.timer);
       this.timer = undefined;
-      if (this.inFlight) await this.inFlight;
-      else await this.writeNext();
+      await this.inFlight;
+      const due = this.pending.length;
+      for (let i = 0; i < due && this.pending.length > 0; i++) {
+        await this.writeNext();
+      }
+    } finally {
+      this.flushing = false;
+      this.schedule();
     }
   }
 
   private schedule(): void {
-    if (this.timer || this.inFlight || this.pending.length === 0) return;
+    if (this.flushing || this.timer || this.inFlight || this.pending.length === 0) return;
     const stageChanged = this.pending[0]!.stage !== this.lastStage;
     const wait = stageChanged ? 0 : this.lastWrite + this.intervalMs - Date.now();
     if (wait <= 0) void this.writeNext();

@@ -102,7 +102,7 @@ export class TaskRunner {
         .change(task.id, {
           ...claim,
           state: task.state === "pending" ? "running" : undefined,
-          patch: { attempts: task.attempts + 1, lease: { owner: this.workerId, expireTime: now + this.leaseMs } },
+          patch: { attempts: task.attempts + 1, lease: { owner: this.workerId, expireTime: Date.now() + this.leaseMs } },
         })
         .catch(() => undefined);
       // Another worker (or a cancel) got there first.

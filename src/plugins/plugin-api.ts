@@ -85,6 +85,12 @@ export interface StoreInstance {
   /** Removes the object; removing a missing object succeeds. */
   delete(key: string, options?: CallOptions): Promise<void>;
   list(options?: ListOptions): Promise<ObjectPage>;
+  /**
+   * Removes what writes that never finished left behind (a writer killed mid-way) and
+   * that is older than `olderThan`; returns how many it removed. Optional: stores whose
+   * unfinished writes leave nothing need not have it.
+   */
+  removePartialWrites?(olderThan: Date, options?: CallOptions): Promise<number>;
   /** A temporary URL; only for stores advertising presignGet or presignPut. */
   presign?(key: string, options: PresignOptions): Promise<PresignedUrl>;
   close?(): Promise<void>;

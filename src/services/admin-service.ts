@@ -26,6 +26,11 @@ export class AdminServiceImpl implements ServiceImpl<typeof AdminService> {
 
   async collectGarbage() {
     const report = await this.collector.sweep();
-    return { removedObjects: report.objects, removedWorkDirs: report.workDirs, removedTasks: report.tasks };
+    return {
+      removedObjects: report.objects,
+      removedWorkDirs: report.workDirs,
+      removedTasks: report.tasks,
+      removedPartialWrites: report.partialWrites,
+    };
   }
 }

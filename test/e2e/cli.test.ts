@@ -180,10 +180,10 @@ describe("itx (built) against a running server", { timeout: 30_000 }, () => {
 
   it("admin gc sweeps now and says what it removed", async () => {
     const json = await itxJson(["admin", "gc"]);
-    expect(json).toEqual({ removedObjects: [], removedWorkDirs: [], removedTasks: 0 });
+    expect(json).toEqual({ removedObjects: [], removedWorkDirs: [], removedTasks: 0, removedPartialWrites: 0 });
     const run = await itx(["admin", "gc"]);
     expect(run.code).toBe(0);
-    expect(run.stdout).toBe("0 objects, 0 temporary folders, 0 finished tasks removed\n");
+    expect(run.stdout).toBe("0 objects, 0 partial writes, 0 temporary folders, 0 finished tasks removed\n");
   });
 
   it("describes the exit codes in itx --help", async () => {

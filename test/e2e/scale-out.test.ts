@@ -12,6 +12,7 @@ import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, expect, it } from "vitest";
@@ -27,6 +28,8 @@ const PROCESSES = 3;
 const FIRST_BATCH = 30;
 const SECOND_BATCH = 10;
 const LEASE_SECONDS = 2;
+/** The filesystem store's temporary names: `.NAME.tmp-<16 hex>`. */
+const TEMP_FILE = /(^|\/)\.[^/]*\.tmp-[0-9a-f]{16}$/;
 
 interface Node {
   name: string;
@@ -52,7 +55,6 @@ beforeAll(async () => {
   await mkdir(storeRoot);
   mongo = await startMongoServer();
   const uri = withDatabase(mongo.uri, `itx_scale_${randomBytes(4).toString("hex")}`);
-  diagUri = uri; // DIAG
 
   const config = join(dir, "itx.yaml");
   await writeFile(
@@ -243,30 +245,6 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-// DIAG-BEGIN
-import { MongoClient } from "mongodb";
-let diagUri = "";
-async function diag(ids: string[]): Promise<void> {
-  const client = new MongoClient(diagUri, { directConnection: true });
-  try {
-    const db = client.db(new URL(diagUri.replace(/^mongodb:/, "http:")).pathname.slice(1));
-    for (const id of ids) {
-      const docs = await db.collection("task_changes").find({ recordId: id }).sort({ version: 1 }).toArray();
-      const t0 = docs[0]?.record.createTime ?? 0;
-      console.log(`DIAG ${id}\n` + docs.map((d: any) => {
-        const r = d.record;
-        return `  v${r.version} ${r.state} att=${r.attempts} owner=${r.lease?.owner ?? "-"} exp=${r.lease ? r.lease.expireTime - t0 : "-"} upd=${r.updateTime - t0} exp-upd=${r.lease ? r.lease.expireTime - r.updateTime : "-"} stage=${r.progress?.stage ?? "-"}`;
-      }).join("\n"));
-      const doc = await db.collection("tasks").findOne({ _id: id as any });
-      console.log(`  doc v${doc?.version} ${doc?.state} owner=${doc?.lease?.owner}`);
-    }
-    console.log("DIAG logs\n" + ids.map(history).join("\n"));
-  } finally {
-    await client.close();
-  }
-}
-// DIAG-END
-
 const firstBatch: string[] = [];
 
 it("spreads 30 imports over three processes sharing one database and one store, each run exactly once", async () => {
@@ -275,7 +253,6 @@ it("spreads 30 imports over three processes sharing one database and one store, 
   const uploaded = Date.now();
   const tasks = await waitForEnd(firstBatch, 60_000);
   const finished = Date.now();
-  await diag([...tasks.values()].filter((t) => t.attempts !== 1).map((t) => t.id)); // DIAG
 
   for (const task of tasks.values()) {
     expect(task.state, `${task.id}: ${JSON.stringify(task.error)}`).toBe(TaskState.SUCCEEDED);
@@ -307,30 +284,32 @@ it("spreads 30 imports over three processes sharing one database and one store, 
 }, 120_000);
 
 it("hands the tasks of a process killed with SIGKILL to the others once their leases lapse", async () => {
+  const observer = nodes[0]!;
+  const victim = nodes[PROCESSES - 1]!;
+  const startsBefore = starts().length;
   const second = await uploadAndImport(SECOND_BATCH);
   const submitted = Date.now();
 
-  // Wait until some process holds a running task of this batch, then kill that process.
-  let victim: Node | undefined;
-  let observer: Node | undefined;
-  let heldAtKill: Task[] = [];
-  const deadline = Date.now() + 30_000;
-  while (!victim) {
-    if (Date.now() > deadline) throw new Error("no task of the second batch was seen running");
-    observer = alive()[0]!;
-    const all = await allImportTasks(observer);
-    const running = second.map((id) => all.get(id)!).filter((t) => t.state === TaskState.RUNNING);
-    for (const task of running) {
-      const holder = holderOf(task);
-      if (holder) {
-        victim = holder;
-        heldAtKill = running.filter((t) => t.leaseOwner === task.leaseOwner);
-        break;
-      }
+  // Every snapshot of every task, from WatchTask, which replays the task's change log in order:
+  // it shows each claim, even one whose writer died before the task record itself was updated.
+  const snapshots = new Map<string, Task[]>(second.map((id) => [id, []]));
+  const deadline = AbortSignal.timeout(60_000);
+  const watched = Promise.all(
+    second.map(async (id) => {
+      for await (const { task } of observer.tasks.watchTask({ id }, { signal: deadline })) snapshots.get(id)!.push(task!);
+    }),
+  );
+  watched.catch(() => undefined); // awaited below; a failure here must not go unhandled meanwhile
+
+  // Wait until the victim holds a running task (its workerId known from its own log), then kill it.
+  let victimWorker: string | undefined;
+  while (!victimWorker) {
+    if (deadline.aborted) throw new Error(`${victim.name} never ran a task of the second batch`);
+    for (const task of [...snapshots.values()].map((s) => s.at(-1)).filter((t) => t?.state === TaskState.RUNNING)) {
+      if (holderOf(task!) === victim) victimWorker = task!.leaseOwner;
     }
-    if (!victim) await sleep(50);
+    if (!victimWorker) await sleep(25);
   }
-  const victimWorker = heldAtKill[0]!.leaseOwner;
   // "close" comes after the process's stdio is drained, so its log is complete when we read it.
   const closed = once(victim.server.process, "close");
   victim.server.process.kill("SIGKILL");
@@ -339,51 +318,57 @@ it("hands the tasks of a process killed with SIGKILL to the others once their le
   victim.killed = true;
   const killedAt = Date.now();
 
-  // After the kill, the tasks still running under the dead worker's lease are the orphans.
-  const afterKill = await allImportTasks(alive()[0]!);
-  const orphans = second.filter((id) => {
-    const t = afterKill.get(id)!;
-    return t.state === TaskState.RUNNING && t.leaseOwner === victimWorker;
-  });
-  expect(orphans.length, `${victim.name} (${victimWorker}) held ${heldAtKill.map((t) => t.id).join(", ")} when killed`).toBeGreaterThanOrEqual(1);
-
-  const tasks = await waitForEnd(second, 60_000);
+  await watched;
   const finished = Date.now();
-  await diag([...tasks.values()].filter((t) => t.attempts !== (orphans.includes(t.id) ? 2 : 1) || orphans.includes(t.id)).map((t) => t.id)); // DIAG
-  for (const task of tasks.values()) {
-    expect(task.state, `${task.id}: ${JSON.stringify(task.error)}`).toBe(TaskState.SUCCEEDED);
-    expect(task.attempts, `${task.id}\n${history(task.id)}`).toBe(orphans.includes(task.id) ? 2 : 1);
-  }
-
-  // The logs agree: the victim started each orphan (attempt 1) and never finished it; a survivor started it again (attempt 2).
+  const final = new Map(second.map((id) => [id, snapshots.get(id)!.at(-1)!]));
   const all = starts();
-  const victimSucceeded = new Set(logLines(victim).filter((l) => l.msg === "task succeeded").map((l) => l.taskId));
-  for (const id of orphans) {
+  const survivors = alive();
+  const leasedTo = (t: Task) => (t.state === TaskState.RUNNING ? t.leaseOwner : "");
+  const takenOver: string[] = [];
+  for (const id of second) {
+    const task = final.get(id)!;
+    const evidence = `${id}\n${history(id)}\n${JSON.stringify(snapshots.get(id)!.map((t) => [t.version, TaskState[t.state], t.attempts, t.leaseOwner]), bigintSafe)}`;
+    expect(task.state, `${evidence}\n${JSON.stringify(task.error)}`).toBe(TaskState.SUCCEEDED);
     const runs = all.filter((s) => s.taskId === id);
-    expect(runs.map((s) => `${s.attempt} ${s.node === victim ? "victim" : "survivor"}`), `${id}\n${history(id)}`).toEqual(["1 victim", "2 survivor"]);
-    expect(victimSucceeded.has(id), id).toBe(false);
+    const heldByVictim = snapshots.get(id)!.some((t) => leasedTo(t) === victimWorker);
+    if (heldByVictim && task.attempts === 2) {
+      // Taken over: the victim's claim, then a survivor's, no earlier than the victim's lease ran out.
+      takenOver.push(id);
+      const running = snapshots.get(id)!.filter((t) => t.state === TaskState.RUNNING);
+      const lastByVictim = running.filter((t) => t.leaseOwner === victimWorker).at(-1)!;
+      const claim = running.find((t) => t.attempts === 2)!;
+      expect(survivors.some((n) => claim.leaseOwner.includes(`-${n.server.process.pid}-`)), evidence).toBe(true);
+      expect(timestampMs(claim.updateTime!), evidence).toBeGreaterThanOrEqual(timestampMs(lastByVictim.leaseExpireTime!));
+      // The victim may have died between committing its claim and logging it; the survivor's start is always logged.
+      expect(runs.filter((s) => s.node !== victim).map((s) => s.attempt), evidence).toEqual([2]);
+      expect(runs.filter((s) => s.node === victim).every((s) => s.attempt === 1), evidence).toBe(true);
+    } else {
+      // Finished by whoever claimed it first (the victim too, if it got that far before it died).
+      expect(task.attempts, evidence).toBe(1);
+      expect(runs.map((s) => s.attempt), evidence).toEqual([1]);
+      if (!heldByVictim) expect(runs[0]!.node, evidence).not.toBe(victim);
+    }
   }
-  for (const id of second.filter((id) => !orphans.includes(id))) {
-    expect(all.filter((s) => s.taskId === id).map((s) => s.attempt), `${id}\n${history(id)}`).toEqual([1]);
-  }
-  // Tasks of the first batch were not touched again.
-  for (const id of firstBatch) expect(all.filter((s) => s.taskId === id).length, id).toBe(1);
+  expect(takenOver.length, `${victim.name} (${victimWorker}) was killed holding no unfinished task`).toBeGreaterThanOrEqual(1);
+  // Nothing else was started meanwhile: no task of the first batch ran again.
+  const earlier = new Set(firstBatch);
+  const later = all.filter((s) => earlier.has(s.taskId));
+  expect(later.length, later.map((s) => history(s.taskId)).join("\n")).toBe(startsBefore);
 
   // No image is ACTIVE twice or missing, over both batches.
-  const everything = await allImportTasks(alive()[0]!);
+  const everything = await allImportTasks(observer);
   expect(everything.size).toBe(FIRST_BATCH + SECOND_BATCH);
   await checkImages(everything);
-
   const files = await listFiles(storeRoot);
-  const images = files.filter((f) => !f.startsWith("uploads/") && !/\.tmp-[0-9a-f]{16}$/.test(f));
+  const images = files.filter((f) => f.startsWith("images/") && !TEMP_FILE.test(f));
   expect(images.length).toBe(FIRST_BATCH + SECOND_BATCH);
-  const leftovers = files.filter((f) => !images.includes(f));
-  const workDirs = await Promise.all(alive().map((n) => readdir(join(dir, `data-${nodes.indexOf(n)}`, "work")).catch(() => [])));
-  expect(workDirs.flat()).toEqual([]);
+  // The survivors' own temporary task folders are gone.
+  for (const n of survivors) expect(await readdir(join(dir, `data-${nodes.indexOf(n)}`, "work")).catch(() => []), n.name).toEqual([]);
 
+  const leftovers = files.filter((f) => !images.includes(f));
   console.log(
-    `scale-out: killed ${victim.name} (${victimWorker}) ${killedAt - submitted} ms after submitting ${SECOND_BATCH} imports, ` +
-      `holding ${orphans.length} task(s); all done ${finished - killedAt} ms after the kill; ` +
+    `scale-out: killed ${victim.name} (${victimWorker}) ${killedAt - submitted} ms after submitting ${SECOND_BATCH} imports; ` +
+      `${takenOver.length} task(s) taken over; all done ${finished - killedAt} ms after the kill; ` +
       `files left in the shared store besides images: ${JSON.stringify(leftovers)}`,
   );
 }, 120_000);

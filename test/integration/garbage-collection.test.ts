@@ -60,6 +60,9 @@ it("removes what nothing uses and keeps what an active image or an unfinished ta
     state: "running",
     patch: { lease: { owner: "another-process", expireTime: Date.now() + 3_600_000 } },
   });
+  // A write whose writer was killed: the store's temp file, which listings never show.
+  const partial = join(root(), "images", `.${newId()}.tmp-0123456789abcdef`);
+  await writeFile(partial, "half an image");
   // Temporary folders: one of a task that is gone, one of the running task.
   await mkdir(join(service.dataDir, "work", newId()), { recursive: true });
   await mkdir(join(service.dataDir, "work", running.id), { recursive: true });
@@ -74,6 +77,7 @@ it("removes what nothing uses and keeps what an active image or an unfinished ta
     [`file://local/images/${failed.imageId}`, `file://local/images/${stranger}`, abandoned, ...failedUpload].sort(),
   );
   expect(await files("images")).toEqual([active.imageId]);
+  expect(report.partialWrites).toBe(1);
   expect(await files("uploads")).toEqual([needed.split("/").at(-1)]);
   expect(await readdir(join(service.dataDir, "work"))).toEqual([running.id]);
   expect(report.tasks).toBe(0);

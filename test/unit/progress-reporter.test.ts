@@ -22,3 +22,29 @@ describe("progress reporting", () => {
     expect(written.length).toBeLessThanOrEqual(8);
   });
 });
+
+describe("progress reporting while the pipeline keeps reporting", () => {
+  it("finishes a flush without waiting for progress reported after it began, and keeps to the interval", async () => {
+    const writes: number[] = [];
+    const reporter = new ProgressReporter(async () => {
+      await new Promise((r) => setTimeout(r, 30));
+      writes.push(Date.now());
+    });
+    let done = 0;
+    const feeding = setInterval(() => reporter.report({ stage: "fetching", bytesDone: ++done, bytesTotal: 1e9 }), 5);
+    try {
+      await new Promise((r) => setTimeout(r, 50));
+      const started = Date.now();
+      await reporter.flush();
+      // A flush writes what was due, not everything that keeps arriving.
+      expect(Date.now() - started).toBeLessThan(500);
+      const before = writes.length;
+      await new Promise((r) => setTimeout(r, 1000));
+      // About ten writes a second while progress streams in, not one per report.
+      expect(writes.length - before).toBeLessThanOrEqual(12);
+    } finally {
+      clearInterval(feeding);
+      await reporter.flush();
+    }
+  });
+});
