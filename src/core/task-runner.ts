@@ -5,6 +5,7 @@ import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { isStoreError } from "../plugins/plugin-api.js";
 import { isDomainError } from "./errors.js";
+import { whileUnavailable } from "./retry.js";
 import type { TaskChange } from "../persistence/repository.js";
 import type { TaskHub } from "./task-hub.js";
 import type { TaskError, TaskRecord, TaskType } from "./task.js";
@@ -146,16 +147,9 @@ export class TaskRunner {
    * an outcome reached meanwhile is written when the database returns, never lost.
    */
   private async finish(id: string, change: TaskChange, signal: AbortSignal): Promise<void> {
-    for (let delay = 250; ; delay = Math.min(delay * 2, 5_000)) {
-      try {
-        await this.hub.change(id, change);
-        return;
-      } catch (err) {
-        if (!isDomainError(err) || err.kind !== "unavailable" || signal.aborted) throw err;
-        this.logger.warn({ taskId: id }, "database unreachable; will write the task's final state when it is back");
-        await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
-      }
-    }
+    await whileUnavailable(() => this.hub.change(id, change), signal, () =>
+      this.logger.warn({ taskId: id }, "database unreachable; will write the task's final state when it is back"),
+    );
   }
 
   private execute(task: TaskRecord): void {
@@ -176,7 +170,12 @@ export class TaskRunner {
             signal: controller.signal,
             workDir,
             progress: (stage, bytesDone, bytesTotal) => this.hub.reportProgress(task.id, { stage, bytesDone, bytesTotal }, this.workerId),
-            renewLease: () => this.renew(task.id),
+            // Strict: before a change that must happen once, the lease must be confirmed, so wait out a database outage.
+            renewLease: () =>
+              whileUnavailable(
+                () => this.hub.change(task.id, { ...held, patch: { lease: { owner: this.workerId, expireTime: Date.now() + this.leaseMs } } }),
+                controller.signal,
+              ).then(() => undefined),
           },
           this.env,
         );

@@ -6,6 +6,7 @@ import { isStoreError } from "../../plugins/plugin-api.js";
 import type { DiskFormat, ImageLocation } from "../image.js";
 import { resolveStoreUri, pickStore, storeUri } from "../store-uri.js";
 import type { TaskResult } from "../task.js";
+import { whileUnavailable } from "../retry.js";
 import { convert, describeImage, measureConversion } from "./convert.js";
 import { imageKey, isHandover, type Executor } from "./environment.js";
 import { taskFailure } from "./failure.js";
@@ -115,7 +116,7 @@ export const runImport: Executor = async (run, env) => {
 
     // Renewed just now, the lease cannot pass to another worker before the image is active.
     await run.renewLease();
-    await env.repository.updateImage(imageId, {
+    await whileUnavailable(() => env.repository.updateImage(imageId, {
       expect: ["importing"],
       status: "active",
       patch: {
@@ -128,7 +129,7 @@ export const runImport: Executor = async (run, env) => {
         osHashValue: stored.sha512,
         locations,
       },
-    });
+    }), run.signal);
     // An upload staged through a temporary URL has served its purpose; a customer's own object stays.
     if (source.store.isStaging && source.key.startsWith("uploads/")) {
       await source.store.instance.delete(source.key).catch((err) => env.logger.warn({ err: String(err), uri: input.seedUri }, "could not remove staged upload"));
@@ -139,7 +140,10 @@ export const runImport: Executor = async (run, env) => {
     // Another worker carries on with this image: its stored copies and state are not ours to undo.
     if (isHandover(run.signal)) throw err;
     await Promise.allSettled(written.map((t) => t.instance.delete(t.key)));
-    await env.repository.updateImage(imageId, { expect: ["importing", "queued", "uploading"], status: "killed" }).catch(() => undefined);
+    // A database outage delays this until it is back, unless the run is stopped meanwhile.
+    await whileUnavailable(() => env.repository.updateImage(imageId, { expect: ["importing", "queued", "uploading"], status: "killed" }), run.signal).catch(
+      () => undefined,
+    );
     throw err;
   }
 };
