@@ -11,17 +11,26 @@ import { TaskService, TaskState } from "../../src/gen/imagetransfer/v1/task_pb.j
 import { TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
 import { ensureBuilt, spawnServer, type ServerProcess } from "../helpers/built-cli.js";
 import { buildImage, buildSourceRaw, MiB } from "../helpers/disk-images.js";
+import { startMongoServer, type MongoServer } from "../helpers/mongo-server.js";
+import { withDatabase } from "../helpers/mongo-uri.js";
 import { uploadFile, watchToEnd } from "../helpers/transfer.js";
 
 let dir: string;
-let servers: ServerProcess[] = [];
+let raw: string;
+let qcow2: string;
+let mongo: MongoServer;
+const servers: ServerProcess[] = [];
 
 beforeAll(async () => {
   await ensureBuilt();
   dir = await mkdtemp(join(tmpdir(), "itx-crash-"));
-});
+  raw = await buildSourceRaw(join(dir, "disk.raw"), 384 * MiB);
+  qcow2 = await buildImage(raw, "qcow2", join(dir, "disk.qcow2"));
+  mongo = await startMongoServer();
+}, 120_000);
 afterAll(async () => {
   await Promise.all(servers.map((s) => s.stop()));
+  await mongo?.stop();
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -31,13 +40,12 @@ async function sha512(file: string): Promise<string> {
   return hash.digest("hex");
 }
 
-it("finishes an import whose server was killed with SIGKILL, once the lease lapses, after a restart", async () => {
-  const raw = await buildSourceRaw(join(dir, "disk.raw"), 384 * MiB);
-  const qcow2 = await buildImage(raw, "qcow2", join(dir, "disk.qcow2"));
-  const config = join(dir, "itx.yaml");
+it.each(["embedded", "MongoDB"])("finishes an import whose server was killed with SIGKILL, once the lease lapses, after a restart (%s)", async (database) => {
+  const config = join(dir, `${database}.yaml`);
   // A short lease, so the dead worker's claim lapses in seconds rather than the default 30.
   await writeFile(config, "leaseSeconds: 2\n");
-  const args = ["--config", config, "--data-dir", join(dir, "data")];
+  const args = ["--config", config, "--data-dir", join(dir, database)];
+  if (database === "MongoDB") args.push("--mongodb-uri", withDatabase(mongo.uri, "itx_crash"));
 
   const first = await spawnServer(args);
   servers.push(first);
@@ -62,5 +70,5 @@ it("finishes an import whose server was killed with SIGKILL, once the lease laps
   const { image } = await createClient(ImageService, createGrpcTransport({ baseUrl: second.url })).getImage({ id: task!.imageId });
   expect(image).toMatchObject({ status: ImageStatus.ACTIVE, osHashValue: await sha512(raw) });
   expect(image!.locations).toHaveLength(1);
-  expect(await readdir(join(dir, "data", "work")).catch(() => [])).toEqual([]);
+  expect(await readdir(join(dir, database, "work")).catch(() => [])).toEqual([]);
 }, 120_000);
