@@ -86,7 +86,16 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
     router.service(TransferService, container.resolve(TransferServiceImpl));
     router.service(TaskService, container.resolve(TaskServiceImpl));
     router.service(AdminService, container.resolve(AdminServiceImpl));
-    router.service(Health, createHealthService(servedServiceNames, () => repository.ping()));
+    router.service(
+      Health,
+      createHealthService(servedServiceNames, {
+        "": () => repository.ping(),
+        [TransferService.typeName]: async () => {
+          await repository.ping();
+          if (!stores.some((s) => s.instance && s.region === config.region)) throw new Error("no store is usable");
+        },
+      }),
+    );
     router.service(ServerReflection, createReflectionService(servedProtoFiles, servedServiceNames));
   };
   const handler = connectNodeAdapter({

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import "reflect-metadata";
+import { createRequire } from "node:module";
 import { Command, CommanderError } from "commander";
 import { registerAdmin } from "./admin.js";
 import { registerImages } from "./images.js";
@@ -14,7 +15,12 @@ process.stdout.on("error", (err: NodeJS.ErrnoException) => {
   throw err;
 });
 
-const program = new Command("itx").description("ImageTransfer: move VM disk images between owners, stores and compute services");
+// package.json is two folders above src/cli, three above dist/src/cli.
+const packageJson = createRequire(import.meta.url)(import.meta.url.includes("/dist/") ? "../../../package.json" : "../../package.json") as { version: string };
+
+const program = new Command("itx")
+  .description("ImageTransfer: move VM disk images between owners, stores and compute services")
+  .version(packageJson.version, "-V, --version", "print the version of itx");
 // Set before the commands are added, so that every subcommand inherits them.
 program
   .exitOverride()

@@ -5,15 +5,17 @@ import { Health, HealthCheckResponse_ServingStatus as Status } from "../gen/grpc
 const WATCH_INTERVAL_MS = 5_000;
 
 /**
- * grpc.health.v1: the overall status ("") and each service's are SERVING while `probe`
- * succeeds, e.g. while the database answers.
+ * grpc.health.v1: each service is SERVING while its probe succeeds (the database
+ * answers; for data transfers, a store is usable too), and the overall status ("") while
+ * every probe does. `probes` maps service names to probes; services not in it use "".
  */
-export function createHealthService(serviceNames: string[], probe: () => Promise<void>): ServiceImpl<typeof Health> {
+export function createHealthService(serviceNames: string[], probes: Record<string, () => Promise<void>>): ServiceImpl<typeof Health> {
   const known = new Set(["", ...serviceNames]);
   const status = async (service: string): Promise<Status> => {
     if (!known.has(service)) return Status.SERVICE_UNKNOWN;
+    const checks = service === "" ? Object.values(probes) : [probes[service] ?? probes[""]!];
     try {
-      await probe();
+      await Promise.all(checks.map((probe) => probe()));
       return Status.SERVING;
     } catch {
       return Status.NOT_SERVING;

@@ -3,12 +3,12 @@
  * CLI: they prove the compiled code (decorators included) works outside vitest.
  */
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ensureBuilt, runCli, runCliJson, spawnServer, type CliRun, type ServerProcess } from "../helpers/built-cli.js";
+import { ensureBuilt, repoRoot, runCli, runCliJson, spawnServer, type CliRun, type ServerProcess } from "../helpers/built-cli.js";
 
 /** The built CLI, pointed at this file's server through ITX_SERVER as a user's environment would. */
 const itx = (args: string[], env: NodeJS.ProcessEnv = {}) => runCli(args, { env: { ITX_SERVER: server?.url, ...env } });
@@ -184,6 +184,12 @@ describe("itx (built) against a running server", { timeout: 30_000 }, () => {
     const run = await itx(["admin", "gc"]);
     expect(run.code).toBe(0);
     expect(run.stdout).toBe("0 objects, 0 partial writes, 0 temporary folders, 0 finished tasks removed\n");
+  });
+
+  it("prints its version, the package's, with --version", async () => {
+    const { version } = JSON.parse(readFileSync(path.join(repoRoot, "package.json"), "utf8")) as { version: string };
+    const run = await itx(["--version"]);
+    expect(run).toMatchObject({ code: 0, stdout: `${version}\n`, stderr: "" });
   });
 
   it("describes the exit codes in itx --help", async () => {
