@@ -8,10 +8,9 @@
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { createReadStream } from "node:fs";
-import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -23,6 +22,7 @@ import { ensureBuilt, spawnServer, type ServerProcess } from "../helpers/built-c
 import { buildImage, buildSourceRaw, listFiles, MiB } from "../helpers/disk-images.js";
 import { startMongoServer, type MongoServer } from "../helpers/mongo-server.js";
 import { withDatabase } from "../helpers/mongo-uri.js";
+import { putFile } from "../helpers/transfer.js";
 
 const PROCESSES = 3;
 const FIRST_BATCH = 30;
@@ -126,13 +126,7 @@ async function uploadAcross(createOn: Node, putTo: Node, file: string): Promise<
   const { url, seedUri } = await createOn.transfer.createUploadUrl({});
   const signed = new URL(url);
   const target = new URL(signed.pathname + signed.search, putTo.server.url);
-  const put = await fetch(target, {
-    method: "PUT",
-    body: Readable.toWeb(createReadStream(file)) as ReadableStream,
-    headers: { "content-length": String((await stat(file)).size) },
-    duplex: "half",
-  } as RequestInit);
-  expect(put.status, `PUT ${target.pathname} to ${putTo.name}: ${await put.clone().text()}`).toBe(201);
+  await putFile(target, file);
   return seedUri;
 }
 

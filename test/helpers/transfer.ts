@@ -8,16 +8,21 @@ import type { DiskFormat } from "../../src/gen/imagetransfer/v1/image_pb.js";
 import { TaskService, type Task } from "../../src/gen/imagetransfer/v1/task_pb.js";
 import { TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
 
-/** Uploads a local file through a fresh temporary URL, streaming it; returns the seed URI. */
-export async function uploadFile(baseUrl: string, file: string): Promise<string> {
-  const { url, seedUri } = await createClient(TransferService, createGrpcTransport({ baseUrl })).createUploadUrl({});
+/** PUTs a local file to a temporary upload URL, streaming it; expects 201. */
+export async function putFile(url: string | URL, file: string): Promise<void> {
   const put = await fetch(url, {
     method: "PUT",
     body: Readable.toWeb(createReadStream(file)) as ReadableStream,
     headers: { "content-length": String((await stat(file)).size) },
     duplex: "half",
   } as RequestInit);
-  expect(put.status).toBe(201);
+  expect(put.status, `PUT ${new URL(url).pathname}: ${await put.clone().text()}`).toBe(201);
+}
+
+/** Uploads a local file through a fresh temporary URL, streaming it; returns the seed URI. */
+export async function uploadFile(baseUrl: string, file: string): Promise<string> {
+  const { url, seedUri } = await createClient(TransferService, createGrpcTransport({ baseUrl })).createUploadUrl({});
+  await putFile(url, file);
   return seedUri;
 }
 
