@@ -20,6 +20,7 @@ export class TaskHub {
   private readonly reporters = new Map<string, ProgressReporter>();
   private readonly pollMs: number;
   private readonly closing = new AbortController();
+  private readonly endListeners: Array<(task: TaskRecord) => void> = [];
 
   constructor(
     @inject(Tokens.Repository) private readonly repository: Repository,
@@ -43,7 +44,13 @@ export class TaskHub {
     const task = await this.repository.updateTask(id, change);
     if (isTerminal(task.state)) this.reporters.delete(id);
     this.wake(id);
+    for (const listener of this.endListeners) if (isTerminal(task.state)) listener(task);
     return task;
+  }
+
+  /** Calls `listener` when a task ends through this process (e.g. canceled here), so a local run can stop at once. */
+  onTaskEnded(listener: (task: TaskRecord) => void): void {
+    this.endListeners.push(listener);
   }
 
   /** Records progress of a running task, coalesced to one write per PROGRESS_INTERVAL_MS; written only while `leaseOwner` holds the task. */

@@ -41,6 +41,8 @@ export class TaskRunner {
   ) {
     this.workRoot = resolve(env.config.dataDir, "work");
     this.leaseMs = env.config.leaseSeconds * 1000;
+    // A cancel made in this process stops the run at once; one made elsewhere, within a poll.
+    hub.onTaskEnded((task) => this.running.get(task.id)?.abort(new Error(`task ${task.id} is ${task.state}`)));
   }
 
   start(): void {
