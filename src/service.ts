@@ -27,6 +27,7 @@ import { servedProtoFiles, servedServiceNames } from "./server/api.js";
 import { createDataEndpoint } from "./server/data-endpoint.js";
 import { createHealthService } from "./server/health.js";
 import { errorsAndLogging } from "./server/interceptors.js";
+import { Metrics, serveMetrics } from "./metrics.js";
 import { listen, type Listener } from "./server/listener.js";
 import { createReflectionService } from "./server/reflection.js";
 import { AdminServiceImpl } from "./services/admin-service.js";
@@ -38,6 +39,7 @@ import { Tokens } from "./tokens.js";
 /** The assembled service, not yet listening. */
 export interface Service {
   container: DependencyContainer;
+  metrics: Metrics;
   /** Where temporary URLs point; startService sets it to the listener's URL unless publicUrl is configured. */
   endpoint: PublicEndpoint;
   runner: TaskRunner;
@@ -60,7 +62,17 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
 
   const plugins = new PluginRegistry();
   await loadPlugins([builtInPluginsDir, ...config.pluginsDirs], plugins, logger);
-  const stores = await openStores(config.stores, { region: config.region, dataDir: config.dataDir, plugins, logger });
+  const metrics = new Metrics();
+  const stores = await openStores(config.stores, {
+    region: config.region,
+    dataDir: config.dataDir,
+    plugins,
+    logger,
+    observe: (store) => ({
+      bytes: (direction, count) => metrics.storeBytes.inc({ store, direction }, count),
+      error: (kind) => metrics.storeErrors.inc({ store, kind }),
+    }),
+  });
   const signer = new UrlSigner(await loadSigningKey(config.dataDir, config.urlSigningKey));
   const endpoint: PublicEndpoint = { baseUrl: config.publicUrl?.replace(/\/$/, "") ?? "" };
 
@@ -76,6 +88,7 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
     { config, repository, stores, plugins, logger },
     { import: runImport, export: runExport, copy: runCopy },
     logger,
+    metrics,
   );
   container.register(Tokens.TaskRunner, { useValue: runner });
   const collector = new GarbageCollector(config, repository, stores, logger, () => runner.runningTasks());
@@ -100,7 +113,7 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
   };
   const handler = connectNodeAdapter({
     routes,
-    interceptors: [errorsAndLogging(logger)],
+    interceptors: [errorsAndLogging(logger, metrics)],
     // Image bytes do not compress; gzip would only cost CPU (grpc-js always offers it).
     acceptCompression: [],
     readMaxBytes: config.maxMessageBytes,
@@ -110,6 +123,7 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
   });
   return {
     container,
+    metrics,
     endpoint,
     runner,
     routes,
@@ -126,15 +140,20 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
 export interface RunningService extends Service {
   /** Absent for role "worker". */
   listener?: Listener;
+  /** Where /metrics is served, when metricsListen is configured. */
+  metricsUrl?: string;
 }
 
 /** Builds the service, listens on the configured address unless it is a worker, and starts running tasks unless it is an API server. */
 export async function startService(config: Config, logger: Logger): Promise<RunningService> {
   const service = await buildService(config, logger);
   let listener: Listener | undefined;
+  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined;
   try {
     if (config.role !== "worker") listener = await listen(service.handler, { address: config.listen, tls: config.tls });
+    if (config.metricsListen) metricsServer = await serveMetrics(service.metrics, config.metricsListen);
   } catch (err) {
+    await listener?.close();
     await service.close();
     throw err;
   }
@@ -152,11 +171,12 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
   return {
     ...service,
     listener,
+    metricsUrl: metricsServer?.url,
     async close(options = {}) {
       clearInterval(sweeper);
       service.container.resolve(TaskHub).close();
       // Tasks stop being claimed at once and get their grace period while connections drain.
-      await Promise.all([listener?.close(), service.runner.stop(options)]);
+      await Promise.all([listener?.close(), metricsServer?.close(), service.runner.stop(options)]);
       await service.close();
     },
   };

@@ -19,6 +19,7 @@ export function registerServe(program: Command): void {
     .option("--plugins-dir <dir>", "load plugins from this folder too; repeatable (env ITX_PLUGINS_DIRS, ':'-separated)", collect)
     .option("--tls-cert <file>", "serve TLS with this certificate (env ITX_TLS_CERT)")
     .option("--tls-key <file>", "the TLS private key (env ITX_TLS_KEY)")
+    .option("--metrics-listen <host:port>", "serve Prometheus metrics at /metrics on this address (env ITX_METRICS_LISTEN)")
     .option("--role <role>", "all (default), api (serve only) or worker (run tasks only, no listener) (env ITX_ROLE)")
     .option("--log-level <level>", "fatal, error, warn, info, debug, trace or silent (env ITX_LOG_LEVEL)")
     .action(async (opts: Record<string, string | string[] | undefined>) => {
@@ -36,6 +37,7 @@ export function registerServe(program: Command): void {
             "tls.key": opts.tlsKey,
             logLevel: opts.logLevel,
             role: opts.role,
+            metricsListen: opts.metricsListen,
           },
         });
       } catch (err) {

@@ -22,6 +22,8 @@ export const configSchema = z
     mongodbUri: z.string().regex(/^mongodb(\+srv)?:\/\//, "must be a mongodb:// URI").optional(),
     pluginsDirs: z.array(z.string().min(1)).default([]),
     tls: z.strictObject({ cert: z.string().min(1), key: z.string().min(1) }).optional(),
+    /** HOST:PORT for Prometheus metrics at /metrics, off the public listener; unset means no metrics listener. */
+    metricsListen: z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, "must be HOST:PORT").optional(),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
     /** Largest request message accepted, in bytes. */
     maxMessageBytes: z.number().int().min(1024).default(4 * 1024 * 1024),
@@ -93,6 +95,7 @@ export const environmentKeys = {
   ITX_LOG_LEVEL: "logLevel",
   ITX_PUBLIC_URL: "publicUrl",
   ITX_ROLE: "role",
+  ITX_METRICS_LISTEN: "metricsListen",
   ITX_URL_SIGNING_KEY: "urlSigningKey",
   ITX_TLS_CERT: "tls.cert",
   ITX_TLS_KEY: "tls.key",

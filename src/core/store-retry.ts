@@ -10,6 +10,12 @@ export interface RetryPolicy {
   maxDelayMs: number;
 }
 
+/** What a store wrapper reports about its traffic, e.g. to metrics. */
+export interface StoreObserver {
+  bytes(direction: "read" | "write", count: number): void;
+  error(kind: string): void;
+}
+
 export const defaultRetryPolicy: RetryPolicy = { retries: 5, baseDelayMs: 200, maxDelayMs: 5_000 };
 
 const transientCodes = new Set(["ECONNRESET", "ECONNREFUSED", "ETIMEDOUT", "EPIPE", "EAI_AGAIN", "ENETUNREACH", "EHOSTUNREACH"]);
@@ -28,13 +34,24 @@ export function isTransient(err: unknown): boolean {
  * retried here: their source is consumed; the task fails and may be run again. A store
  * that stays down fails with an error that names it.
  */
-export function withRetries(store: string, instance: StoreInstance, canResume: boolean, policy = defaultRetryPolicy): StoreInstance {
+export function withRetries(
+  store: string,
+  instance: StoreInstance,
+  canResume: boolean,
+  policy = defaultRetryPolicy,
+  observer: StoreObserver = { bytes() {}, error() {} },
+): StoreInstance {
+  const failed = (what: string, err: unknown) => {
+    const error = named(store, what, err);
+    if (isStoreError(error)) observer.error(error.kind);
+    return error;
+  };
   const retry = async <T>(what: string, signal: AbortSignal | undefined, call: () => Promise<T>): Promise<T> => {
     for (let attempt = 0; ; attempt++) {
       try {
         return await call();
       } catch (err) {
-        if (!isTransient(err) || attempt >= policy.retries || signal?.aborted) throw named(store, what, err);
+        if (!isTransient(err) || attempt >= policy.retries || signal?.aborted) throw failed(what, err);
         await sleep(backoff(policy, attempt), undefined, { signal });
       }
     }
@@ -51,11 +68,12 @@ export function withRetries(store: string, instance: StoreInstance, canResume: b
       try {
         for await (const chunk of stream as AsyncIterable<Buffer>) {
           delivered += chunk.length;
+          observer.bytes("read", chunk.length);
           yield chunk;
         }
         return;
       } catch (err) {
-        if (!canResume || !isTransient(err) || breaks >= policy.retries || options.signal?.aborted) throw named(store, `read ${key}`, err);
+        if (!canResume || !isTransient(err) || breaks >= policy.retries || options.signal?.aborted) throw failed(`read ${key}`, err);
         await sleep(backoff(policy, breaks), undefined, { signal: options.signal });
       }
     }
@@ -75,7 +93,21 @@ export function withRetries(store: string, instance: StoreInstance, canResume: b
         { objectMode: false },
       );
     },
-    write: (key, source, options) => instance.write(key, source, options),
+    write: (key, source, options) =>
+      instance
+        .write(
+          key,
+          (async function* () {
+            for await (const chunk of source) {
+              observer.bytes("write", chunk.length);
+              yield chunk;
+            }
+          })(),
+          options,
+        )
+        .catch((err: unknown) => {
+          throw failed(`write ${key}`, err);
+        }),
     delete: (key, options) => retry(`delete ${key}`, options?.signal, () => instance.delete(key, options)),
     list: (options) => retry("list", options?.signal, () => instance.list(options)),
     removePartialWrites: instance.removePartialWrites && ((olderThan, options) => instance.removePartialWrites!(olderThan, options)),

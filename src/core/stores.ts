@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import type { StoreConfigEntry } from "../config/config.js";
 import type { StoreCapabilities, StoreInstance } from "../plugins/plugin-api.js";
 import type { PluginRegistry } from "../plugins/registry.js";
-import { withRetries } from "./store-retry.js";
+import { withRetries, type StoreObserver } from "./store-retry.js";
 
 /** One configured store instance, open or not. */
 export interface ConfiguredStore {
@@ -26,7 +26,14 @@ export interface ConfiguredStore {
  */
 export async function openStores(
   entries: readonly StoreConfigEntry[],
-  options: { region: string; dataDir: string; plugins: PluginRegistry; logger: Logger },
+  options: {
+    region: string;
+    dataDir: string;
+    plugins: PluginRegistry;
+    logger: Logger;
+    /** Told about each store's traffic and failures, by store name. */
+    observe?: (store: string) => StoreObserver;
+  },
 ): Promise<ConfiguredStore[]> {
   const stores: ConfiguredStore[] = [];
   for (const entry of entries) {
@@ -52,7 +59,7 @@ export async function openStores(
           options: entry.options,
           dataDir: resolve(options.dataDir),
         });
-        store.instance = withRetries(entry.name, opened, found.driver.capabilities.readRanges);
+        store.instance = withRetries(entry.name, opened, found.driver.capabilities.readRanges, undefined, options.observe?.(entry.name));
       } catch (err) {
         store.error = `cannot open: ${err instanceof Error ? err.message : String(err)}`;
       }

@@ -9,6 +9,7 @@ import { whileUnavailable } from "./retry.js";
 import type { TaskChange } from "../persistence/repository.js";
 import type { TaskHub } from "./task-hub.js";
 import type { TaskError, TaskRecord, TaskType } from "./task.js";
+import type { Metrics } from "../metrics.js";
 import { Handover, type Executor, type TransferEnvironment } from "./transfer/environment.js";
 
 /** How often the runner looks for claimable tasks and checks that its running tasks are still its to run. */
@@ -38,6 +39,7 @@ export class TaskRunner {
     private readonly env: TransferEnvironment,
     private readonly executors: Record<TaskType, Executor>,
     private readonly logger: Logger,
+    private readonly metrics: Metrics,
   ) {
     this.workRoot = resolve(env.config.dataDir, "work");
     this.leaseMs = env.config.leaseSeconds * 1000;
@@ -157,6 +159,15 @@ export class TaskRunner {
   private execute(task: TaskRecord): void {
     const controller = new AbortController();
     this.running.set(task.id, controller);
+    this.metrics.tasksRunning.set(this.running.size);
+    const started = performance.now();
+    // The stage the run is in and since when, for the stage-duration histogram.
+    let stage: { name: string; since: number } | undefined;
+    const endStage = () => stage && this.metrics.stageDuration.observe({ stage: stage.name }, (performance.now() - stage.since) / 1000);
+    const outcome = (name: "succeeded" | "failed", reason = "") => {
+      this.metrics.tasksFinished.inc({ type: task.type, outcome: name, reason });
+      this.metrics.taskDuration.observe({ type: task.type, outcome: name }, (performance.now() - started) / 1000);
+    };
     const workDir = join(this.workRoot, task.id);
     const log = this.logger.child({ taskId: task.id, imageId: task.imageId, type: task.type, attempt: task.attempts });
     const held = { leaseOwner: this.workerId, expect: ["running" as const] };
@@ -171,7 +182,13 @@ export class TaskRunner {
             task,
             signal: controller.signal,
             workDir,
-            progress: (stage, bytesDone, bytesTotal) => this.hub.reportProgress(task.id, { stage, bytesDone, bytesTotal }, this.workerId),
+            progress: (name, bytesDone, bytesTotal) => {
+              if (stage?.name !== name) {
+                endStage();
+                stage = { name, since: performance.now() };
+              }
+              this.hub.reportProgress(task.id, { stage: name, bytesDone, bytesTotal }, this.workerId);
+            },
             // Strict: before a change that must happen once, the lease must be confirmed, so wait out a database outage.
             renewLease: () =>
               whileUnavailable(
@@ -185,6 +202,7 @@ export class TaskRunner {
         // Clean up before reporting success, so a finished task never has files left.
         await rm(workDir, { recursive: true, force: true });
         await this.finish(task.id, { ...held, state: "succeeded", patch: { result } }, controller.signal);
+        outcome("succeeded");
         log.info("task succeeded");
       } catch (err) {
         if (controller.signal.aborted) {
@@ -195,7 +213,9 @@ export class TaskRunner {
         if (error.reason === "INTERNAL") log.error({ err }, "task failed unexpectedly");
         else log.info({ reason: error.reason, message: error.message }, "task failed");
         await this.finish(task.id, { ...held, state: "failed", patch: { error } }, controller.signal).catch(() => undefined);
+        outcome("failed", error.reason);
       } finally {
+        endStage();
         await rm(workDir, { recursive: true, force: true });
       }
     };
@@ -203,6 +223,7 @@ export class TaskRunner {
       .catch((err) => log.error({ err }, "task runner error"))
       .finally(() => {
         this.running.delete(task.id);
+        this.metrics.tasksRunning.set(this.running.size);
         this.poke();
       });
   }

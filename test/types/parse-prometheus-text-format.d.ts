@@ -1,0 +1,17 @@
+// The parser ships no types; this is the part the tests use.
+declare module "parse-prometheus-text-format" {
+  interface Sample {
+    value?: string;
+    labels?: Record<string, string>;
+    count?: string;
+    sum?: string;
+    buckets?: Record<string, string>;
+  }
+  interface Family {
+    name: string;
+    help: string;
+    type: "COUNTER" | "GAUGE" | "HISTOGRAM" | "SUMMARY" | "UNTYPED";
+    metrics: Sample[];
+  }
+  export default function parsePrometheusTextFormat(text: string): Family[];
+}
