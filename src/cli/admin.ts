@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import {
   CollectGarbageResponseSchema,
+  GetStatusResponseSchema,
   ListPluginsResponseSchema,
   ListStoresResponseSchema,
   PluginKindSchema,
@@ -10,7 +11,17 @@ import {
   type Store,
 } from "../gen/imagetransfer/v1/admin_pb.js";
 import { addClientOptions, CALL_TIMEOUT_MS, runClient } from "./client.js";
-import { enumName, formatBytes, formatTable, orDash, printJson, type ClientOptions, type Column } from "./output.js";
+import {
+  enumName,
+  formatBytes,
+  formatDuration,
+  formatFields,
+  formatTable,
+  orDash,
+  printJson,
+  type ClientOptions,
+  type Column,
+} from "./output.js";
 
 function capabilities(store: Store): string {
   const c = store.capabilities;
@@ -72,6 +83,24 @@ export function registerAdmin(program: Command): void {
   );
 
   const admin = program.command("admin").description("operator tasks");
+  addClientOptions(admin.command("status").description("the server's version, uptime, database, stores, plugins and task counts")).action(
+    (opts: ClientOptions) =>
+      runClient(opts, async ({ admin: client }) => {
+        const status = await client.getStatus({}, { timeoutMs: CALL_TIMEOUT_MS });
+        if (opts.json) return printJson(GetStatusResponseSchema, status);
+        process.stdout.write(
+          formatFields([
+            ["version", status.version],
+            ["uptime", formatDuration(Number(status.uptimeSeconds)) ?? "-"],
+            ["role", status.role],
+            ["database", `${status.database}, ${status.databaseReachable ? "reachable" : "UNREACHABLE"}`],
+            ["plugins", `${status.pluginsLoaded} loaded, ${status.pluginsFailed} failed`],
+            ["tasks", `${status.tasksPending} pending, ${status.tasksRunning} running (${status.tasksRunningHere} here)`],
+          ]),
+        );
+        process.stdout.write(formatTable(storeColumns, status.stores));
+      }),
+  );
   addClientOptions(
     admin.command("gc").description("remove abandoned uploads, data of killed and deleted images, leftover temporary files and old tasks now"),
   ).action((opts: ClientOptions) =>

@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 import "reflect-metadata";
-import { createRequire } from "node:module";
 import { Command, CommanderError } from "commander";
 import { registerAdmin } from "./admin.js";
 import { registerImages } from "./images.js";
@@ -8,6 +7,7 @@ import { ExitCode, exitCodesHelp, reportError } from "./output.js";
 import { registerServe } from "./serve.js";
 import { registerTasks } from "./tasks.js";
 import { registerTransfer } from "./transfer.js";
+import { VERSION } from "../version.js";
 
 // A reader that stops early (`itx tasks watch ID | head -3`) is not an error.
 process.stdout.on("error", (err: NodeJS.ErrnoException) => {
@@ -15,12 +15,9 @@ process.stdout.on("error", (err: NodeJS.ErrnoException) => {
   throw err;
 });
 
-// package.json is two folders above src/cli, three above dist/src/cli.
-const packageJson = createRequire(import.meta.url)(import.meta.url.includes("/dist/") ? "../../../package.json" : "../../package.json") as { version: string };
-
 const program = new Command("itx")
   .description("ImageTransfer: move VM disk images between owners, stores and compute services")
-  .version(packageJson.version, "-V, --version", "print the version of itx");
+  .version(VERSION, "-V, --version", "print the version of itx");
 // Set before the commands are added, so that every subcommand inherits them.
 program
   .exitOverride()

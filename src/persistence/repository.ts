@@ -65,6 +65,8 @@ export interface Repository {
   reserveIdempotencyKey(owner: string, key: string, taskId: string, now: number, since: number): Promise<string>;
   /** Frees a key reserved for `taskId`, when starting that task failed; a key naming another task stays. */
   releaseIdempotencyKey(owner: string, key: string, taskId: string): Promise<void>;
+  /** How many tasks match the filter. */
+  countTasks(filter: TaskFilter): Promise<number>;
   /** Removes tasks that finished before `finishedBefore`, with their change history; returns how many. */
   deleteFinishedTasks(finishedBefore: number): Promise<number>;
   /** Tasks a worker may claim now, oldest first: pending ones, and running ones whose lease expired before `now`. */

@@ -211,6 +211,8 @@ export function repositoryContract(name: string, harness: RepositoryHarness): vo
       const imports = await repo.listTasks({ filter: { owner, type: "import" }, limit: 10 });
       expect(imports.items.map((t) => t.id)).toEqual(ids([made[0]!, made[3]!]));
       const running = await repo.listTasks({ filter: { owner, state: "running" }, limit: 10 });
+      expect(await repo.countTasks({ owner, state: "running" })).toBe(1);
+      expect(await repo.countTasks({ owner })).toBe(4);
       expect(running.items.map((t) => t.id)).toEqual([made[3]!.id]);
 
       const first = await repo.listTasks({ filter: { owner }, limit: 3 });

@@ -178,6 +178,25 @@ describe("itx (built) against a running server", { timeout: 30_000 }, () => {
     expect((await itx(["images", "frobnicate"])).code).toBe(2);
   });
 
+  it("admin status summarises the server", async () => {
+    const status = await itxJson(["admin", "status"]);
+    expect(status).toMatchObject({
+      version: expect.stringMatching(/^\d+\.\d+\.\d+/),
+      database: "embedded",
+      databaseReachable: true,
+      role: "all",
+      pluginsFailed: 0,
+      tasksPending: "0",
+      tasksRunning: "0",
+      tasksRunningHere: 0,
+    });
+    expect(status.pluginsLoaded).toBeGreaterThanOrEqual(3);
+    expect(status.stores).toContainEqual(expect.objectContaining({ name: "local", available: true }));
+    const table = await itx(["admin", "status"]);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/^database:\s+embedded, reachable$/m);
+  });
+
   it("admin gc sweeps now and says what it removed", async () => {
     const json = await itxJson(["admin", "gc"]);
     expect(json).toEqual({ removedObjects: [], removedWorkDirs: [], removedTasks: 0, removedPartialWrites: 0 });

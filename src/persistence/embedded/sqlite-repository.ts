@@ -118,12 +118,7 @@ export class SqliteRepository implements Repository {
   }
 
   async listTasks({ filter, limit, after }: PageRequest<TaskFilter>): Promise<Page<TaskRecord>> {
-    const where: string[] = [];
-    const args: unknown[] = [];
-    if (filter.owner !== undefined) where.push("owner = ?"), args.push(filter.owner);
-    if (filter.state !== undefined) where.push("state = ?"), args.push(filter.state);
-    if (filter.type !== undefined) where.push("type = ?"), args.push(filter.type);
-    if (filter.imageId !== undefined) where.push("image_id = ?"), args.push(filter.imageId);
+    const { where, args } = taskWhere(filter);
     return this.page<TaskRecord>("tasks", where, args, limit, after);
   }
 
@@ -159,6 +154,12 @@ export class SqliteRepository implements Repository {
 
   async releaseIdempotencyKey(owner: string, key: string, taskId: string): Promise<void> {
     this.db.prepare("DELETE FROM idempotency_keys WHERE owner = ? AND key = ? AND task_id = ?").run(owner, key, taskId);
+  }
+
+  async countTasks(filter: TaskFilter): Promise<number> {
+    const { where, args } = taskWhere(filter);
+    const clause = where.length > 0 ? `WHERE ${where.join(" AND ")}` : "";
+    return (this.db.prepare(`SELECT COUNT(*) AS n FROM tasks ${clause}`).get(...args) as { n: number }).n;
   }
 
   async deleteFinishedTasks(finishedBefore: number): Promise<number> {
@@ -227,4 +228,14 @@ export class SqliteRepository implements Repository {
     const last = items.at(-1);
     return rows.length > limit && last ? { items, next: { createTime: last.createTime, id: last.id } } : { items };
   }
+}
+
+function taskWhere(filter: TaskFilter): { where: string[]; args: unknown[] } {
+  const where: string[] = [];
+  const args: unknown[] = [];
+  if (filter.owner !== undefined) where.push("owner = ?"), args.push(filter.owner);
+  if (filter.state !== undefined) where.push("state = ?"), args.push(filter.state);
+  if (filter.type !== undefined) where.push("type = ?"), args.push(filter.type);
+  if (filter.imageId !== undefined) where.push("image_id = ?"), args.push(filter.imageId);
+  return { where, args };
 }

@@ -128,12 +128,11 @@ export class MongoRepository implements Repository {
   }
 
   async listTasks({ filter, limit, after }: PageRequest<TaskFilter>): Promise<Page<TaskRecord>> {
-    const query: Filter<TaskDoc> = {};
-    if (filter.owner !== undefined) query.owner = filter.owner;
-    if (filter.state !== undefined) query.state = filter.state;
-    if (filter.type !== undefined) query.type = filter.type;
-    if (filter.imageId !== undefined) query.imageId = filter.imageId;
-    return guard(() => page(this.tasks, query, limit, after));
+    return guard(() => page(this.tasks, taskQuery(filter), limit, after));
+  }
+
+  async countTasks(filter: TaskFilter): Promise<number> {
+    return guard(() => this.tasks.countDocuments(taskQuery(filter)));
   }
 
   async updateTask(id: string, change: TaskChange): Promise<TaskRecord> {
@@ -304,4 +303,13 @@ async function guard<T>(fn: () => Promise<T>): Promise<T> {
     }
     throw err;
   }
+}
+
+function taskQuery(filter: TaskFilter): Filter<TaskDoc> {
+  const query: Filter<TaskDoc> = {};
+  if (filter.owner !== undefined) query.owner = filter.owner;
+  if (filter.state !== undefined) query.state = filter.state;
+  if (filter.type !== undefined) query.type = filter.type;
+  if (filter.imageId !== undefined) query.imageId = filter.imageId;
+  return query;
 }

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file imagetransfer/v1/admin.proto.
  */
 export const file_imagetransfer_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChxpbWFnZXRyYW5zZmVyL3YxL2FkbWluLnByb3RvEhBpbWFnZXRyYW5zZmVyLnYxIpgBChFTdG9yZUNhcGFiaWxpdGllcxITCgtyZWFkX3JhbmdlcxgBIAEoCBINCgV3cml0ZRgCIAEoCBIOCgZkZWxldGUYAyABKAgSDAoEbGlzdBgEIAEoCBITCgtwcmVzaWduX2dldBgFIAEoCBITCgtwcmVzaWduX3B1dBgGIAEoCBIXCg9tYXhfb2JqZWN0X3NpemUYByABKAQiywEKBVN0b3JlEgwKBG5hbWUYASABKAkSDgoGcGx1Z2luGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIPCgdzY2hlbWVzGAQgAygJEhIKCmlzX2RlZmF1bHQYBSABKAgSEgoKaXNfc3RhZ2luZxgGIAEoCBI5CgxjYXBhYmlsaXRpZXMYByABKAsyIy5pbWFnZXRyYW5zZmVyLnYxLlN0b3JlQ2FwYWJpbGl0aWVzEhEKCWF2YWlsYWJsZRgIIAEoCBINCgVlcnJvchgJIAEoCSITChFMaXN0U3RvcmVzUmVxdWVzdCI9ChJMaXN0U3RvcmVzUmVzcG9uc2USJwoGc3RvcmVzGAEgAygLMhcuaW1hZ2V0cmFuc2Zlci52MS5TdG9yZSKxAQoGUGx1Z2luEgoKAmlkGAEgASgJEioKBGtpbmQYAiABKA4yHC5pbWFnZXRyYW5zZmVyLnYxLlBsdWdpbktpbmQSDwoHdmVyc2lvbhgDIAEoCRITCgthcGlfdmVyc2lvbhgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmltYWdldHJhbnNmZXIudjEuUGx1Z2luU3RhdGUSDQoFZXJyb3IYBiABKAkSDAoEcGF0aBgHIAEoCSIUChJMaXN0UGx1Z2luc1JlcXVlc3QiQAoTTGlzdFBsdWdpbnNSZXNwb25zZRIpCgdwbHVnaW5zGAEgAygLMhguaW1hZ2V0cmFuc2Zlci52MS5QbHVnaW4iFwoVQ29sbGVjdEdhcmJhZ2VSZXF1ZXN0IoMBChZDb2xsZWN0R2FyYmFnZVJlc3BvbnNlEhcKD3JlbW92ZWRfb2JqZWN0cxgBIAMoCRIZChFyZW1vdmVkX3dvcmtfZGlycxgCIAMoCRIVCg1yZW1vdmVkX3Rhc2tzGAMgASgNEh4KFnJlbW92ZWRfcGFydGlhbF93cml0ZXMYBCABKA0qWwoKUGx1Z2luS2luZBIbChdQTFVHSU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVBMVUdJTl9LSU5EX1NUT1JFEAESGQoVUExVR0lOX0tJTkRfQ09OVkVSVEVSEAIqXQoLUGx1Z2luU3RhdGUSHAoYUExVR0lOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTUExVR0lOX1NUQVRFX0xPQURFRBABEhcKE1BMVUdJTl9TVEFURV9GQUlMRUQQAjKoAgoMQWRtaW5TZXJ2aWNlElcKCkxpc3RTdG9yZXMSIy5pbWFnZXRyYW5zZmVyLnYxLkxpc3RTdG9yZXNSZXF1ZXN0GiQuaW1hZ2V0cmFuc2Zlci52MS5MaXN0U3RvcmVzUmVzcG9uc2USWgoLTGlzdFBsdWdpbnMSJC5pbWFnZXRyYW5zZmVyLnYxLkxpc3RQbHVnaW5zUmVxdWVzdBolLmltYWdldHJhbnNmZXIudjEuTGlzdFBsdWdpbnNSZXNwb25zZRJjCg5Db2xsZWN0R2FyYmFnZRInLmltYWdldHJhbnNmZXIudjEuQ29sbGVjdEdhcmJhZ2VSZXF1ZXN0GiguaW1hZ2V0cmFuc2Zlci52MS5Db2xsZWN0R2FyYmFnZVJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChxpbWFnZXRyYW5zZmVyL3YxL2FkbWluLnByb3RvEhBpbWFnZXRyYW5zZmVyLnYxIpgBChFTdG9yZUNhcGFiaWxpdGllcxITCgtyZWFkX3JhbmdlcxgBIAEoCBINCgV3cml0ZRgCIAEoCBIOCgZkZWxldGUYAyABKAgSDAoEbGlzdBgEIAEoCBITCgtwcmVzaWduX2dldBgFIAEoCBITCgtwcmVzaWduX3B1dBgGIAEoCBIXCg9tYXhfb2JqZWN0X3NpemUYByABKAQiywEKBVN0b3JlEgwKBG5hbWUYASABKAkSDgoGcGx1Z2luGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIPCgdzY2hlbWVzGAQgAygJEhIKCmlzX2RlZmF1bHQYBSABKAgSEgoKaXNfc3RhZ2luZxgGIAEoCBI5CgxjYXBhYmlsaXRpZXMYByABKAsyIy5pbWFnZXRyYW5zZmVyLnYxLlN0b3JlQ2FwYWJpbGl0aWVzEhEKCWF2YWlsYWJsZRgIIAEoCBINCgVlcnJvchgJIAEoCSITChFMaXN0U3RvcmVzUmVxdWVzdCI9ChJMaXN0U3RvcmVzUmVzcG9uc2USJwoGc3RvcmVzGAEgAygLMhcuaW1hZ2V0cmFuc2Zlci52MS5TdG9yZSKxAQoGUGx1Z2luEgoKAmlkGAEgASgJEioKBGtpbmQYAiABKA4yHC5pbWFnZXRyYW5zZmVyLnYxLlBsdWdpbktpbmQSDwoHdmVyc2lvbhgDIAEoCRITCgthcGlfdmVyc2lvbhgEIAEoCRIsCgVzdGF0ZRgFIAEoDjIdLmltYWdldHJhbnNmZXIudjEuUGx1Z2luU3RhdGUSDQoFZXJyb3IYBiABKAkSDAoEcGF0aBgHIAEoCSIUChJMaXN0UGx1Z2luc1JlcXVlc3QiQAoTTGlzdFBsdWdpbnNSZXNwb25zZRIpCgdwbHVnaW5zGAEgAygLMhguaW1hZ2V0cmFuc2Zlci52MS5QbHVnaW4iFwoVQ29sbGVjdEdhcmJhZ2VSZXF1ZXN0IoMBChZDb2xsZWN0R2FyYmFnZVJlc3BvbnNlEhcKD3JlbW92ZWRfb2JqZWN0cxgBIAMoCRIZChFyZW1vdmVkX3dvcmtfZGlycxgCIAMoCRIVCg1yZW1vdmVkX3Rhc2tzGAMgASgNEh4KFnJlbW92ZWRfcGFydGlhbF93cml0ZXMYBCABKA0iEgoQR2V0U3RhdHVzUmVxdWVzdCKbAgoRR2V0U3RhdHVzUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRIWCg51cHRpbWVfc2Vjb25kcxgCIAEoBBIQCghkYXRhYmFzZRgDIAEoCRIaChJkYXRhYmFzZV9yZWFjaGFibGUYBCABKAgSDAoEcm9sZRgFIAEoCRInCgZzdG9yZXMYBiADKAsyFy5pbWFnZXRyYW5zZmVyLnYxLlN0b3JlEhYKDnBsdWdpbnNfbG9hZGVkGAcgASgNEhYKDnBsdWdpbnNfZmFpbGVkGAggASgNEhUKDXRhc2tzX3BlbmRpbmcYCSABKAQSFQoNdGFza3NfcnVubmluZxgKIAEoBBIaChJ0YXNrc19ydW5uaW5nX2hlcmUYCyABKA0qWwoKUGx1Z2luS2luZBIbChdQTFVHSU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVBMVUdJTl9LSU5EX1NUT1JFEAESGQoVUExVR0lOX0tJTkRfQ09OVkVSVEVSEAIqXQoLUGx1Z2luU3RhdGUSHAoYUExVR0lOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTUExVR0lOX1NUQVRFX0xPQURFRBABEhcKE1BMVUdJTl9TVEFURV9GQUlMRUQQAjL+AgoMQWRtaW5TZXJ2aWNlElcKCkxpc3RTdG9yZXMSIy5pbWFnZXRyYW5zZmVyLnYxLkxpc3RTdG9yZXNSZXF1ZXN0GiQuaW1hZ2V0cmFuc2Zlci52MS5MaXN0U3RvcmVzUmVzcG9uc2USWgoLTGlzdFBsdWdpbnMSJC5pbWFnZXRyYW5zZmVyLnYxLkxpc3RQbHVnaW5zUmVxdWVzdBolLmltYWdldHJhbnNmZXIudjEuTGlzdFBsdWdpbnNSZXNwb25zZRJjCg5Db2xsZWN0R2FyYmFnZRInLmltYWdldHJhbnNmZXIudjEuQ29sbGVjdEdhcmJhZ2VSZXF1ZXN0GiguaW1hZ2V0cmFuc2Zlci52MS5Db2xsZWN0R2FyYmFnZVJlc3BvbnNlElQKCUdldFN0YXR1cxIiLmltYWdldHJhbnNmZXIudjEuR2V0U3RhdHVzUmVxdWVzdBojLmltYWdldHJhbnNmZXIudjEuR2V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * StoreCapabilities are what a store plugin can do.
@@ -307,6 +307,98 @@ export const CollectGarbageResponseSchema: GenMessage<CollectGarbageResponse> = 
   messageDesc(file_imagetransfer_v1_admin, 8);
 
 /**
+ * @generated from message imagetransfer.v1.GetStatusRequest
+ */
+export type GetStatusRequest = Message<"imagetransfer.v1.GetStatusRequest"> & {
+};
+
+/**
+ * Describes the message imagetransfer.v1.GetStatusRequest.
+ * Use `create(GetStatusRequestSchema)` to create a new message.
+ */
+export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
+  messageDesc(file_imagetransfer_v1_admin, 9);
+
+/**
+ * @generated from message imagetransfer.v1.GetStatusResponse
+ */
+export type GetStatusResponse = Message<"imagetransfer.v1.GetStatusResponse"> & {
+  /**
+   * The server's package version.
+   *
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * @generated from field: uint64 uptime_seconds = 2;
+   */
+  uptimeSeconds: bigint;
+
+  /**
+   * "embedded" or "mongodb".
+   *
+   * @generated from field: string database = 3;
+   */
+  database: string;
+
+  /**
+   * False while the database cannot be reached.
+   *
+   * @generated from field: bool database_reachable = 4;
+   */
+  databaseReachable: boolean;
+
+  /**
+   * all, api or worker.
+   *
+   * @generated from field: string role = 5;
+   */
+  role: string;
+
+  /**
+   * @generated from field: repeated imagetransfer.v1.Store stores = 6;
+   */
+  stores: Store[];
+
+  /**
+   * @generated from field: uint32 plugins_loaded = 7;
+   */
+  pluginsLoaded: number;
+
+  /**
+   * @generated from field: uint32 plugins_failed = 8;
+   */
+  pluginsFailed: number;
+
+  /**
+   * Tasks in the database, across all workers and projects.
+   *
+   * @generated from field: uint64 tasks_pending = 9;
+   */
+  tasksPending: bigint;
+
+  /**
+   * @generated from field: uint64 tasks_running = 10;
+   */
+  tasksRunning: bigint;
+
+  /**
+   * Tasks running in this process.
+   *
+   * @generated from field: uint32 tasks_running_here = 11;
+   */
+  tasksRunningHere: number;
+};
+
+/**
+ * Describes the message imagetransfer.v1.GetStatusResponse.
+ * Use `create(GetStatusResponseSchema)` to create a new message.
+ */
+export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
+  messageDesc(file_imagetransfer_v1_admin, 10);
+
+/**
  * PluginKind is what a plugin provides.
  *
  * @generated from enum imagetransfer.v1.PluginKind
@@ -399,6 +491,16 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof CollectGarbageRequestSchema;
     output: typeof CollectGarbageResponseSchema;
+  },
+  /**
+   * GetStatus summarises the server: version, uptime, database, stores, plugins, tasks.
+   *
+   * @generated from rpc imagetransfer.v1.AdminService.GetStatus
+   */
+  getStatus: {
+    methodKind: "unary";
+    input: typeof GetStatusRequestSchema;
+    output: typeof GetStatusResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_imagetransfer_v1_admin, 0);
