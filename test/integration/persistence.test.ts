@@ -6,6 +6,7 @@ import { newId } from "../../src/core/ids.js";
 import { TaskHub } from "../../src/core/task-hub.js";
 import { newTaskRecord } from "../../src/core/task.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../src/gen/grpc/health/v1/health_pb.js";
+import { AdminService } from "../../src/gen/imagetransfer/v1/admin_pb.js";
 import { ImageService, ImageStatus } from "../../src/gen/imagetransfer/v1/image_pb.js";
 import { TaskService, TaskState } from "../../src/gen/imagetransfer/v1/task_pb.js";
 import { startMongoServer, type MongoServer } from "../helpers/mongo-server.js";
@@ -68,6 +69,9 @@ describe("an unreachable MongoDB", () => {
       expect(err).toBeInstanceOf(ConnectError);
       expect(err).toMatchObject({ code: Code.Unavailable, rawMessage: expect.stringMatching(/database is unreachable/) });
       expect((await health.check({ service: "imagetransfer.v1.ImageService" })).status).toBe(Serving.NOT_SERVING);
+      // Operators still get a status, saying what is wrong.
+      const status = await createClient(AdminService, createGrpcTransport({ baseUrl: service.url })).getStatus({});
+      expect(status).toMatchObject({ database: "mongodb", databaseReachable: false });
 
       await restart();
       const deadline = Date.now() + 30_000;
