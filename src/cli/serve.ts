@@ -21,6 +21,7 @@ export function registerServe(program: Command): void {
     .option("--tls-key <file>", "the TLS private key (env ITX_TLS_KEY)")
     .option("--metrics-listen <host:port>", "serve Prometheus metrics at /metrics on this address (env ITX_METRICS_LISTEN)")
     .option("--role <role>", "all (default), api (serve only) or worker (run tasks only, no listener) (env ITX_ROLE)")
+    .option("--log-format <format>", "json (default) or pretty, for a terminal (env ITX_LOG_FORMAT)")
     .option("--log-level <level>", "fatal, error, warn, info, debug, trace or silent (env ITX_LOG_LEVEL)")
     .action(async (opts: Record<string, string | string[] | undefined>) => {
       let config;
@@ -36,6 +37,7 @@ export function registerServe(program: Command): void {
             "tls.cert": opts.tlsCert,
             "tls.key": opts.tlsKey,
             logLevel: opts.logLevel,
+            logFormat: opts.logFormat,
             role: opts.role,
             metricsListen: opts.metricsListen,
           },
@@ -47,7 +49,7 @@ export function registerServe(program: Command): void {
         }
         throw err;
       }
-      const logger = createLogger(config.logLevel);
+      const logger = createLogger(config.logLevel, config.logFormat);
       let service;
       try {
         service = await startService(config, logger);

@@ -25,6 +25,8 @@ export const configSchema = z
     /** HOST:PORT for Prometheus metrics at /metrics, off the public listener; unset means no metrics listener. */
     metricsListen: z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, "must be HOST:PORT").optional(),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+    /** json: one object per line, for log collectors; pretty: for a terminal. */
+    logFormat: z.enum(["json", "pretty"]).default("json"),
     /** Largest request message accepted, in bytes. */
     maxMessageBytes: z.number().int().min(1024).default(4 * 1024 * 1024),
     /** How often a watcher checks the database for changes made by other processes. */
@@ -93,6 +95,7 @@ export const environmentKeys = {
   ITX_MONGODB_URI: "mongodbUri",
   ITX_PLUGINS_DIRS: "pluginsDirs",
   ITX_LOG_LEVEL: "logLevel",
+  ITX_LOG_FORMAT: "logFormat",
   ITX_PUBLIC_URL: "publicUrl",
   ITX_ROLE: "role",
   ITX_METRICS_LISTEN: "metricsListen",
