@@ -2,6 +2,7 @@
 import "reflect-metadata";
 import { Command, CommanderError } from "commander";
 import { registerAdmin } from "./admin.js";
+import { registerCompletion } from "./completion.js";
 import { registerImages } from "./images.js";
 import { ExitCode, exitCodesHelp, reportError } from "./output.js";
 import { registerServe } from "./serve.js";
@@ -31,6 +32,7 @@ registerImages(program);
 registerTasks(program);
 registerTransfer(program);
 registerAdmin(program);
+registerCompletion(program);
 program.addHelpText("after", exitCodesHelp);
 
 try {

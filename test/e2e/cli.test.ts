@@ -3,7 +3,8 @@
  * CLI: they prove the compiled code (decorators included) works outside vitest.
  */
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
@@ -176,6 +177,24 @@ describe("itx (built) against a running server", { timeout: 30_000 }, () => {
     expectError(await itx(["images", "list", "--server", "ftp://example.com"]), 2, "usage");
     expect((await itx(["images", "get"])).code).toBe(2);
     expect((await itx(["images", "frobnicate"])).code).toBe(2);
+  });
+
+  it("completes commands and options in bash from a generated script", async () => {
+    const script = await itx(["completion", "bash"]);
+    expect(script.code).toBe(0);
+    const file = path.join(dataDir, "completion.bash");
+    writeFileSync(file, script.stdout);
+    const complete = (...words: string[]) =>
+      execFileSync("bash", ["-c", `source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); _itx; echo "\${COMPREPLY[*]}"`, "bash", file, ...words], {
+        encoding: "utf8",
+      }).trim();
+    expect(complete("itx", "ima")).toBe("images");
+    expect(complete("itx", "images", "l")).toBe("list");
+    expect(complete("itx", "images", "list", "--st")).toBe("--status");
+    // An argument (an image id) does not hide the options after it.
+    expect(complete("itx", "download", randomUUID(), "--f")).toBe("--format");
+    expect((await itx(["completion", "zsh"])).stdout).toMatch(/^autoload -U \+X bashcompinit && bashcompinit\n_itx\(\) \{/);
+    expect(await itx(["completion", "fish"])).toMatchObject({ code: 2, stdout: "" });
   });
 
   it("admin status summarises the server", async () => {
