@@ -1,11 +1,11 @@
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { AdminService } from "../gen/imagetransfer/v1/admin_pb.js";
 import { ImageService } from "../gen/imagetransfer/v1/image_pb.js";
 import { TaskService } from "../gen/imagetransfer/v1/task_pb.js";
 import { TransferService } from "../gen/imagetransfer/v1/transfer_pb.js";
-import { ExitCode, reportError, UsageError, type ClientOptions } from "./output.js";
+import { ExitCode, reportError, setDocumentFormat, UsageError, type ClientOptions } from "./output.js";
 
 export const DEFAULT_SERVER = "http://127.0.0.1:50051";
 
@@ -60,10 +60,15 @@ export function createClients(server: string): Clients {
 }
 
 /** Adds --server and --json to a command that talks to the server. */
-export function addClientOptions(command: Command): Command {
-  return command
+export function addClientOptions(command: Command, options: { outputFormat?: boolean } = {}): Command {
+  command
     .option("--server <url>", `the ImageTransfer server (env ITX_SERVER; default ${DEFAULT_SERVER})`)
-    .option("--json", "print the response as protobuf JSON on stdout, and nothing else");
+    .option("--json", "print the response as protobuf JSON on stdout, and nothing else (same as --output json)");
+  // `download` keeps -o/--output for its file, as cp-like tools do; it has --json.
+  if (options.outputFormat !== false) {
+    command.addOption(new Option("--output <format>", "table (default), json or yaml").choices(["table", "json", "yaml"]));
+  }
+  return command;
 }
 
 /** Builds the clients for a command's options. */
@@ -78,6 +83,11 @@ export function clientsFor(options: ClientOptions): Clients {
 export async function runClient(options: ClientOptions, body: (clients: Clients) => Promise<number | void>): Promise<void> {
   let server: string | undefined;
   let code: number;
+  // --output json|yaml is the machine-readable mode that --json names for JSON.
+  if (options.output === "json" || options.output === "yaml") {
+    options.json = true;
+    setDocumentFormat(options.output);
+  }
   try {
     const clients = clientsFor(options);
     server = clients.server;

@@ -1,3 +1,4 @@
+import { stringify as stringifyYaml } from "yaml";
 import { toJson, type DescEnum, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -55,6 +56,8 @@ export class CliError extends Error {
 export interface ClientOptions {
   server?: string;
   json?: boolean;
+  /** --output table|json|yaml, where the command has it. */
+  output?: string;
 }
 
 // ---------------------------------------------------------------------------
@@ -189,8 +192,17 @@ export function messageToJson<Desc extends DescMessage>(schema: Desc, message: M
 }
 
 /** The response message as pretty protobuf JSON on stdout. */
+/** How printJson writes a whole response: JSON, or the same document as YAML (--output yaml). */
+let documentFormat: "json" | "yaml" = "json";
+
+export function setDocumentFormat(format: "json" | "yaml"): void {
+  documentFormat = format;
+}
+
+/** Prints a response as protobuf JSON (or YAML of the same document); nothing else goes to stdout in that mode. */
 export function printJson<Desc extends DescMessage>(schema: Desc, message: MessageShape<Desc>): void {
-  process.stdout.write(`${JSON.stringify(messageToJson(schema, message), null, 2)}\n`);
+  const document = messageToJson(schema, message);
+  process.stdout.write(documentFormat === "yaml" ? stringifyYaml(document) : `${JSON.stringify(document, null, 2)}\n`);
 }
 
 /**

@@ -550,6 +550,7 @@ A progress bar goes to stderr when it is a terminal. If FILE exists and is short
 the object, only the rest is fetched (Range with If-Range, so a changed object is fetched
 whole). The final size is checked. With --json, stdout gets {"path", "size", "resumedFrom"}.`,
       ),
+    { outputFormat: false },
   ).action((image: string, opts: DownloadOptions) =>
     runClient(opts, async ({ transfer }) => {
       const response = await transfer.createDownloadUrl({ imageId: image, diskFormat: opts.format ?? 0 }, { timeoutMs: CALL_TIMEOUT_MS });

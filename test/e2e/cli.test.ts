@@ -9,6 +9,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse as parseYaml } from "yaml";
 import { ensureBuilt, repoRoot, runCli, runCliJson, spawnServer, type CliRun, type ServerProcess } from "../helpers/built-cli.js";
 
 /** The built CLI, pointed at this file's server through ITX_SERVER as a user's environment would. */
@@ -195,6 +196,15 @@ describe("itx (built) against a running server", { timeout: 30_000 }, () => {
     expect(complete("itx", "download", randomUUID(), "--f")).toBe("--format");
     expect((await itx(["completion", "zsh"])).stdout).toMatch(/^autoload -U \+X bashcompinit && bashcompinit\n_itx\(\) \{/);
     expect(await itx(["completion", "fish"])).toMatchObject({ code: 2, stdout: "" });
+  });
+
+  it("prints the same document as YAML with --output yaml, and as JSON with --output json", async () => {
+    const asJson = await itxJson(["stores", "list"]);
+    const yaml = await itx(["stores", "list", "--output", "yaml"]);
+    expect(yaml.code).toBe(0);
+    expect(parseYaml(yaml.stdout)).toEqual(asJson);
+    expect(JSON.parse((await itx(["stores", "list", "--output", "json"])).stdout)).toEqual(asJson);
+    expect(await itx(["stores", "list", "--output", "xml"])).toMatchObject({ code: 2, stdout: "" });
   });
 
   it("admin status summarises the server", async () => {
