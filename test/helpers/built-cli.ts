@@ -18,7 +18,7 @@ export interface ServerProcess {
 export async function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ServerProcess> {
   const child = spawn(process.execPath, [cliPath, "serve", "--listen", "127.0.0.1:0", ...args], {
     cwd: repoRoot,
-    env: { ...process.env, ITX_LOG_LEVEL: "info", ...env },
+    env: { ...outsideSettings(), ITX_LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";
@@ -76,7 +76,7 @@ export interface CliOptions {
 /** Runs `node dist/src/cli/main.js` to completion, as a user's shell would, and returns what it printed. */
 export function runCli(args: string[], { env = {}, timeoutMs = 30_000 }: CliOptions = {}): Promise<CliRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cliPath, ...args], { cwd: repoRoot, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [cliPath, ...args], { cwd: repoRoot, env: { ...outsideSettings(), ...env }, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -96,4 +96,12 @@ export async function runCliJson(args: string[], options?: CliOptions): Promise<
   expect(run.stderr).toBe("");
   expect(run.code).toBe(0);
   return JSON.parse(run.stdout);
+}
+
+/**
+ * The environment without the service's own settings (MONGODB_URI, ITX_*): a developer's
+ * shell must not point the servers and commands a test starts elsewhere than it says.
+ */
+function outsideSettings(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== "MONGODB_URI" && !name.startsWith("ITX_")));
 }
