@@ -53,13 +53,22 @@ export class TaskHub {
     this.endListeners.push(listener);
   }
 
-  /** Records progress of a running task, coalesced to one write per PROGRESS_INTERVAL_MS; written only while `leaseOwner` holds the task. */
-  reportProgress(id: string, progress: TaskProgress, leaseOwner?: string): void {
+  /**
+   * Records progress of a running task, coalesced to one write per PROGRESS_INTERVAL_MS.
+   * With a lease, each write is made only while its owner holds the task, and extends
+   * the lease by `leaseMs`: a worker that makes progress keeps its task even when its
+   * lease keeper is slow.
+   */
+  reportProgress(id: string, progress: TaskProgress, lease?: { owner: string; leaseMs: number }): void {
     let reporter = this.reporters.get(id);
     if (!reporter) {
       reporter = new ProgressReporter(async (p) => {
         try {
-          await this.repository.updateTask(id, { expect: ["running"], leaseOwner, patch: { progress: p } });
+          await this.repository.updateTask(id, {
+            expect: ["running"],
+            leaseOwner: lease?.owner,
+            patch: lease ? { progress: p, lease: { owner: lease.owner, expireTime: Date.now() + lease.leaseMs } } : { progress: p },
+          });
           this.wake(id);
         } catch (err) {
           // The task has ended or moved on (e.g. canceled); its worker learns that from its own checks.
@@ -69,6 +78,16 @@ export class TaskHub {
       this.reporters.set(id, reporter);
     }
     reporter.report(progress);
+  }
+
+  /**
+   * Stops writing progress for a task and waits for a write in flight: a worker handing
+   * a task over must not extend the lease it is about to release.
+   */
+  async stopProgress(id: string): Promise<void> {
+    const reporter = this.reporters.get(id);
+    this.reporters.delete(id);
+    await reporter?.close();
   }
 
   /** The current snapshot, then every change in version order, until a terminal state. */
@@ -134,6 +153,7 @@ export class ProgressReporter {
   private inFlight?: Promise<void>;
   private timer?: NodeJS.Timeout;
   private flushing = false;
+  private closed = false;
   private lastWrite = 0;
   private lastStage?: string;
 
@@ -143,6 +163,7 @@ export class ProgressReporter {
   ) {}
 
   report(progress: TaskProgress): void {
+    if (this.closed) return;
     const last = this.pending.at(-1);
     if (last && last.stage === progress.stage) this.pending[this.pending.length - 1] = progress;
     else this.pending.push(progress);
@@ -167,6 +188,15 @@ export class ProgressReporter {
       this.flushing = false;
       this.schedule();
     }
+  }
+
+  /** Drops what is pending, writes nothing more, and waits for a write in flight. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.pending = [];
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.inFlight;
   }
 
   private schedule(): void {

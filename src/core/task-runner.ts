@@ -18,7 +18,8 @@ const POLL_MS = 500;
 /**
  * Runs tasks in this process. A task is claimed with one conditional change that
  * accepts a pending task or a running one whose lease expired (its worker died), and
- * is run under a lease the runner renews at half its length. Every write the run makes
+ * is run under a lease the runner renews every third of its length (progress writes extend
+ * it too). Every write the run makes
  * is conditional on holding the lease, so a worker that lost it stops at once and
  * leaves the task to its new holder. Cancellation, here or in any process, stops a
  * run within one poll.
@@ -50,7 +51,8 @@ export class TaskRunner {
   start(): void {
     this.timer = setInterval(() => this.poke(), POLL_MS);
     this.timer.unref();
-    this.renewer = setInterval(() => void this.renewLeases(), this.leaseMs / 2);
+    // A third of the lease: two renewals may be slow or lost before the lease lapses.
+    this.renewer = setInterval(() => void this.renewLeases(), this.leaseMs / 3);
     this.renewer.unref();
     this.poke();
   }
@@ -85,7 +87,11 @@ export class TaskRunner {
     for (const controller of this.running.values()) controller.abort(new Handover("the service is stopping"));
     while (this.running.size > 0) await new Promise((r) => setTimeout(r, 20));
     await Promise.allSettled(
-      handedOver.map((id) => this.hub.change(id, { expect: ["running"], leaseOwner: this.workerId, patch: { lease: { owner: this.workerId, expireTime: 0 } } })),
+      handedOver.map(async (id) => {
+        // No late progress write may extend the lease after it is released.
+        await this.hub.stopProgress(id);
+        await this.hub.change(id, { expect: ["running"], leaseOwner: this.workerId, patch: { lease: { owner: this.workerId, expireTime: 0 } } });
+      }),
     );
   }
 
@@ -183,18 +189,27 @@ export class TaskRunner {
             signal: controller.signal,
             workDir,
             progress: (name, bytesDone, bytesTotal) => {
+              // A stopped run reports nothing: its task may belong to another worker now.
+              if (controller.signal.aborted) return;
               if (stage?.name !== name) {
                 endStage();
                 stage = { name, since: performance.now() };
               }
-              this.hub.reportProgress(task.id, { stage: name, bytesDone, bytesTotal }, this.workerId);
+              this.hub.reportProgress(task.id, { stage: name, bytesDone, bytesTotal }, { owner: this.workerId, leaseMs: this.leaseMs });
             },
             // Strict: before a change that must happen once, the lease must be confirmed, so wait out a database outage.
             renewLease: () =>
               whileUnavailable(
                 () => this.hub.change(task.id, { ...held, patch: { lease: { owner: this.workerId, expireTime: Date.now() + this.leaseMs } } }),
                 controller.signal,
-              ).then(() => undefined),
+              ).then(
+                () => undefined,
+                (err: unknown) => {
+                  // Lost to another worker: stop as a handover, so the run leaves the image and stores to it.
+                  if (isDomainError(err) && err.reason === "LEASE_LOST") controller.abort(new Handover(err.message));
+                  throw err;
+                },
+              ),
           },
           this.env,
         );
