@@ -1,5 +1,3 @@
-import { failedPrecondition } from "./errors.js";
-
 export type ImageStatus = "queued" | "uploading" | "importing" | "active" | "killed" | "deleted";
 export type DiskFormat = "raw" | "qcow2" | "vmdk" | "vhd" | "vhdx" | "vdi" | "iso";
 export type ContainerFormat = "bare" | "ova";
@@ -56,12 +54,6 @@ export function imagePredecessors(next: ImageStatus): ImageStatus[] {
   return (Object.keys(imageTransitions) as ImageStatus[]).filter((from) =>
     imageTransitions[from].includes(next),
   );
-}
-
-export function assertImageTransition(id: string, from: ImageStatus, to: ImageStatus): void {
-  if (from !== to && !imageTransitions[from].includes(to)) {
-    throw failedPrecondition(`image ${id} is ${from.toUpperCase()} and cannot become ${to.toUpperCase()}`);
-  }
 }
 
 export function newImageRecord(fields: Pick<ImageRecord, "id" | "owner"> & Partial<ImageRecord>, now: number): ImageRecord {

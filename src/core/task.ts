@@ -1,5 +1,3 @@
-import { failedPrecondition } from "./errors.js";
-
 export type TaskType = "import" | "export" | "copy";
 export type TaskState = "pending" | "running" | "succeeded" | "failed" | "canceled";
 
@@ -76,12 +74,6 @@ export function isTerminal(state: TaskState): boolean {
 /** The states a task may move to `next` from. */
 export function taskPredecessors(next: TaskState): TaskState[] {
   return (Object.keys(taskTransitions) as TaskState[]).filter((from) => taskTransitions[from].includes(next));
-}
-
-export function assertTaskTransition(id: string, from: TaskState, to: TaskState): void {
-  if (!taskTransitions[from].includes(to)) {
-    throw failedPrecondition(`task ${id} is ${from.toUpperCase()} and cannot become ${to.toUpperCase()}`);
-  }
 }
 
 export function newTaskRecord(

@@ -41,10 +41,6 @@ export class PluginRegistry {
     return [...this.stores.values()].find((s) => s.pluginId === plugin || s.pluginId.replace(/^@[^/]+\//, "") === plugin);
   }
 
-  storeDriverForScheme(scheme: string): StoreDriver | undefined {
-    return this.stores.get(scheme)?.driver;
-  }
-
   /** A converter's describe(), from the last-loaded converter that reads this format and can describe it. */
   describerFor(format: string): ConverterDriver["describe"] | undefined {
     const found = this.converters.findLast(({ driver }) => driver.describe && driver.conversions.some((c) => c.from === format));

@@ -36,7 +36,7 @@ describe("plugin registry", () => {
     registry.addStore("@imagetransfer/store-filesystem", store(["file"]));
     expect(() => registry.addStore("other", store(["s3", "file"]))).toThrow(/"file" is already served by plugin @imagetransfer\/store-filesystem/);
     // Nothing of the refused plugin was registered.
-    expect(registry.storeDriverForScheme("s3")).toBeUndefined();
+    expect(registry.storeDriverOf("other")).toBeUndefined();
     expect(registry.storeDriverOf("store-filesystem")?.pluginId).toBe("@imagetransfer/store-filesystem");
   });
 });

@@ -70,8 +70,7 @@ export class SqliteRepository implements Repository {
   }
 
   async findImage(id: string): Promise<ImageRecord | undefined> {
-    const row = this.db.prepare("SELECT doc FROM images WHERE id = ?").get(id) as Row | undefined;
-    return row && JSON.parse(row.doc);
+    return this.findImageSync(id);
   }
 
   async listImages({ filter, limit, after }: PageRequest<ImageFilter>): Promise<Page<ImageRecord>> {
@@ -113,8 +112,7 @@ export class SqliteRepository implements Repository {
   }
 
   async findTask(id: string): Promise<TaskRecord | undefined> {
-    const row = this.db.prepare("SELECT doc FROM tasks WHERE id = ?").get(id) as Row | undefined;
-    return row && JSON.parse(row.doc);
+    return this.findTaskSync(id);
   }
 
   async listTasks({ filter, limit, after }: PageRequest<TaskFilter>): Promise<Page<TaskRecord>> {
@@ -125,8 +123,7 @@ export class SqliteRepository implements Repository {
   async updateTask(id: string, change: TaskChange): Promise<TaskRecord> {
     const sources = taskChangeSources(change);
     return this.db.transaction(() => {
-      const row = this.db.prepare("SELECT doc FROM tasks WHERE id = ?").get(id) as Row | undefined;
-      const current: TaskRecord | undefined = row && JSON.parse(row.doc);
+      const current = this.findTaskSync(id);
       if (!current || !taskChangeApplies(current, change, sources)) throw taskRefusal(id, current, change);
       const next: TaskRecord = {
         ...current,
@@ -196,6 +193,12 @@ export class SqliteRepository implements Repository {
       .prepare("SELECT doc FROM task_changes WHERE task_id = ? AND version > ? ORDER BY version LIMIT ?")
       .all(id, afterVersion, limit) as Row[];
     return rows.map((r) => JSON.parse(r.doc));
+  }
+
+  /** Synchronous reads, so a transaction can read and write without yielding. */
+  private findTaskSync(id: string): TaskRecord | undefined {
+    const row = this.db.prepare("SELECT doc FROM tasks WHERE id = ?").get(id) as Row | undefined;
+    return row && JSON.parse(row.doc);
   }
 
   private findImageSync(id: string): ImageRecord | undefined {
