@@ -34,7 +34,10 @@ export interface ObjectInfo {
   modifiedTime?: Date;
 }
 
-/** A byte range: `length` omitted means to the end of the object. */
+/**
+ * A byte range: `length` omitted means to the end of the object, and a length of 0 reads
+ * nothing. A range that ends beyond the object is refused with StoreError "invalid".
+ */
 export interface ByteRange {
   offset: number;
   length?: number;
@@ -84,6 +87,10 @@ export interface StoreInstance {
   write(key: string, source: AsyncIterable<Uint8Array>, options?: CallOptions): Promise<ObjectInfo>;
   /** Removes the object; removing a missing object succeeds. */
   delete(key: string, options?: CallOptions): Promise<void>;
+  /**
+   * The objects whose keys start with `prefix` (any string, not only up to a '/'), in
+   * ascending key order, at most `pageSize` per page; objects being written are not listed.
+   */
   list(options?: ListOptions): Promise<ObjectPage>;
   /**
    * Removes what writes that never finished left behind (a writer killed mid-way) and

@@ -1,0 +1,6 @@
+/**
+ * The plugin conformance kit, imported as "imagetransfer/testing": vitest suites that a
+ * plugin author runs from their own test file to prove a plugin keeps the contract of
+ * "imagetransfer/plugin-api" before any host loads it.
+ */
+export { ABORT_DEADLINE_MS, runStoreConformance, type StoreConformanceOptions } from "./store-conformance.js";
