@@ -402,11 +402,20 @@ async function started(clients: Clients, task: Task | undefined, opts: WaitOptio
   return followTask(clients, task.id, opts.json ? "final-json" : "lines");
 }
 
+/**
+ * Whether `itx import SOURCE` names a seed URI for the server to resolve: anything that
+ * starts with a URI scheme ("file:", "https:", ...). Only a bare path is a local file to
+ * upload; a local file whose name looks like a scheme is written ./name.
+ */
+export function isSeedUri(source: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:/i.test(source);
+}
+
 /** A local file to upload: its size, or a usage error saying why it cannot be read. */
 async function localFile(source: string): Promise<number> {
   try {
     const info = await stat(source);
-    if (!info.isFile()) throw new UsageError(`SOURCE "${source}" is not a regular file (a seed URI contains "://")`);
+    if (!info.isFile()) throw new UsageError(`SOURCE "${source}" is not a regular file`);
     return info.size;
   } catch (err) {
     if (err instanceof UsageError) throw err;
@@ -459,7 +468,7 @@ export function registerTransfer(program: Command): void {
       program
         .command("import")
         .description("import an image from a seed URI, or upload a local file and import it")
-        .argument("<source>", 'a seed URI (e.g. file://local/uploads/ID, from "itx upload-url") or a local file to upload')
+        .argument("<source>", 'a seed URI (file://local/uploads/ID from "itx upload-url", or https://... where web downloads are on) or the path of a local file to upload')
         .option("--name <name>", "the new image's name")
         .option("--disk-format <format>", `the format the data must be in: ${formatHelp}`, formatOption)
         .option("--stores <a,b>", "stores to hold the image (default: the default store)", commaList)
@@ -471,7 +480,7 @@ export function registerTransfer(program: Command): void {
   ).action((source: string, opts: ImportOptions) =>
     runClient(opts, async (clients) => {
       let seedUri = source;
-      if (!source.includes("://")) {
+      if (!isSeedUri(source)) {
         const size = await localFile(source);
         const upload = await clients.transfer.createUploadUrl({ imageId: opts.image ?? "" }, { timeoutMs: CALL_TIMEOUT_MS });
         const url = parseTemporaryUrl(upload.url, "an upload URL");

@@ -25,6 +25,12 @@ export interface StoreCapabilities {
   presignPut: boolean;
   /** Largest object the store accepts, in bytes; 0 means no limit. */
   maxObjectSize: number;
+  /**
+   * The store is addressed by whole URIs: a seed URI in one of its schemes is itself the
+   * key (a web download: https://host/path/image.qcow2), not SCHEME://STORE/KEY. Such a
+   * store is only read from. Optional; absent means false.
+   */
+  uriKeys?: boolean;
 }
 
 /** One stored object. Keys are relative to the store instance, without a leading slash. */
