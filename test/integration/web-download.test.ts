@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import http from "node:http";
-import type { AddressInfo, Socket } from "node:net";
+import net, { type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import type { Readable } from "node:stream";
@@ -283,6 +283,22 @@ describe("the web store against a real HTTP server", () => {
     const started = Date.now();
     await storeError(store.stat(server.url("/silent/x")), "unavailable", /sent nothing for 400 ms/);
     expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
+  it("gives up on a connection not made within connectTimeoutMs (a TLS handshake that never ends)", async () => {
+    const sockets: Socket[] = [];
+    const silent = net.createServer((socket) => void sockets.push(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const port = (silent.address() as AddressInfo).port;
+    try {
+      const store = await openStore({ allowCidrs: ["127.0.0.0/8"], allowedPorts: [port], connectTimeoutMs: 300, idleTimeoutMs: 10_000 });
+      const started = Date.now();
+      await storeError(store.stat(`https://127.0.0.1:${port}/disk.raw`), "unavailable", new RegExp(`no connection to 127\\.0\\.0\\.1:${port} within 300 ms`));
+      expect(Date.now() - started).toBeLessThan(2_000);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
   });
 
   it("never writes, deletes or lists", async () => {
