@@ -1,0 +1,58 @@
+/**
+ * The import policy on an inspection report: which findings, formats and sizes fail an
+ * import, with the task error's reason code and a message that names what was found.
+ */
+import { isUnsafe, type Finding } from "./findings.js";
+import type { InspectionReport } from "./inspector.js";
+import type { InspectedFormat } from "./types.js";
+
+/** Why an image is refused: `reason` becomes the task error's reason code. */
+export interface Refusal {
+  reason: "UNSAFE_IMAGE" | "INVALID_IMAGE" | "FORMAT_MISMATCH" | "VIRTUAL_SIZE_TOO_LARGE" | "CONVERTED_IMAGE_UNSAFE";
+  message: string;
+}
+
+/** Detected formats each declared disk_format accepts: a raw disk may carry a partition table. */
+const ACCEPTS: Record<string, readonly InspectedFormat[]> = {
+  raw: ["raw", "gpt", "mbr"],
+  iso: ["iso"],
+  qcow2: ["qcow2"],
+  vmdk: ["vmdk"],
+  vhd: ["vhd"],
+  vhdx: ["vhdx"],
+  vdi: ["vdi"],
+};
+
+/** What an uploaded image must pass before any converter or store sees it. */
+export function assessUpload(report: InspectionReport, options: { declared?: string; maxVirtualBytes: number }): Refusal | undefined {
+  if (report.findings.length > 0) return refusal(report.findings);
+  const { declared } = options;
+  if (declared !== undefined && !(ACCEPTS[declared] ?? []).includes(report.format)) {
+    return { reason: "FORMAT_MISMATCH", message: `the image was declared ${declared} but its data is ${report.format}` };
+  }
+  const virtualSize = report.virtualSize ?? report.size;
+  if (virtualSize > options.maxVirtualBytes) {
+    return { reason: "VIRTUAL_SIZE_TOO_LARGE", message: `the disk's virtual size ${virtualSize} exceeds the limit of ${options.maxVirtualBytes}` };
+  }
+  return undefined;
+}
+
+/** The backstop after conversion: the output must be exactly the runtime format, with nothing found. */
+export function assessConverted(report: InspectionReport, runtimeFormat: "raw" | "qcow2"): Refusal | undefined {
+  const accepted: readonly InspectedFormat[] = runtimeFormat === "raw" ? ["raw", "gpt", "mbr", "iso"] : ["qcow2"];
+  const problems = [
+    ...(accepted.includes(report.format) ? [] : [`its data is ${report.format}`]),
+    ...report.findings.map(describe),
+  ];
+  if (problems.length === 0) return undefined;
+  return { reason: "CONVERTED_IMAGE_UNSAFE", message: `the image converted to ${runtimeFormat} failed inspection: ${problems.join("; ")}` };
+}
+
+function refusal(findings: Finding[]): Refusal {
+  const unsafe = findings.some(isUnsafe);
+  // Unsafe findings first: they are what a reviewer must see.
+  const ordered = [...findings.filter(isUnsafe), ...findings.filter((f) => !isUnsafe(f))];
+  return { reason: unsafe ? "UNSAFE_IMAGE" : "INVALID_IMAGE", message: `the image was refused: ${ordered.map(describe).join("; ")}` };
+}
+
+const describe = (f: Finding) => `${f.message} (${f.code})`;
