@@ -35,6 +35,11 @@ import { ImageServiceImpl } from "./services/image-service.js";
 import { TaskServiceImpl } from "./services/task-service.js";
 import { TransferServiceImpl, type PublicEndpoint } from "./services/transfer-service.js";
 import { Tokens } from "./tokens.js";
+import { createAuthenticator, sha256Hex, type Authenticator } from "./auth/credentials.js";
+import { ensureLocalAdminKey } from "./auth/local-key.js";
+import { Policy, PolicyError } from "./auth/policy.js";
+import { readPolicyFile } from "./auth/policy-file.js";
+import { authentication } from "./server/authentication.js";
 
 /** The assembled service, not yet listening. */
 export interface Service {
@@ -44,9 +49,61 @@ export interface Service {
   endpoint: PublicEndpoint;
   runner: TaskRunner;
   routes: (router: ConnectRouter) => void;
+  /** The first listener's handler. */
   handler: ReturnType<typeof connectNodeAdapter>;
+  /** Every configured listener with its handler, which applies that listener's policy. */
+  listeners: Array<ListenerSpec & { handler: ReturnType<typeof connectNodeAdapter> }>;
   /** Stops the service; running tasks get `graceMs` to finish (until `hurry` aborts), then pass to other workers. */
   close(options?: { graceMs?: number; hurry?: AbortSignal }): Promise<void>;
+}
+
+/** One listener: an address, TLS, and the policy its callers are held to. */
+export interface ListenerSpec {
+  name: string;
+  address: string;
+  tls?: { cert: string; key: string };
+  policy: Policy;
+}
+
+/** The configured listeners, or the one made of `listen` and `tls`; policies compiled now, so bad rules stop start-up. */
+async function listenerSpecs(config: Config): Promise<ListenerSpec[]> {
+  const shared = config.policyFile ? await readPolicyFile(config.policyFile, "policyFile") : {};
+  const entries = config.listeners ?? [{ name: "default", address: config.listen, tls: config.tls, policy: {}, policyFile: undefined }];
+  return Promise.all(
+    entries.map(async (entry, i) => {
+      const own = entry.policyFile ? await readPolicyFile(entry.policyFile, `listeners[${i}].policyFile`) : {};
+      let policy: Policy;
+      try {
+        policy = Policy.compile(shared, config.policy, own, entry.policy);
+      } catch (err) {
+        if (err instanceof PolicyError) throw new PolicyError(`listener "${entry.name}": ${err.message}`);
+        throw err;
+      }
+      return { name: entry.name, address: entry.address, tls: entry.tls, policy };
+    }),
+  );
+}
+
+/**
+ * Who may call: configured API keys and JWTs; with no auth settings, a local admin key
+ * kept in the data dir (made on first start); nobody is checked with --insecure-no-auth.
+ */
+async function authenticatorFor(config: Config, logger: Logger): Promise<Authenticator | undefined> {
+  if (config.insecureNoAuth) {
+    logger.warn("authentication is OFF (--insecure-no-auth): every caller is an admin; never expose this server");
+    return undefined;
+  }
+  if (config.auth) return createAuthenticator(config.auth.apiKeys, config.auth.jwt);
+  // A worker serves no calls and needs no key.
+  if (config.role === "worker") return createAuthenticator([], undefined);
+  const local = await ensureLocalAdminKey(config.dataDir);
+  logger.info(
+    { file: local.file },
+    local.created
+      ? "no auth configured: created a local admin API key; itx uses it with the same data dir (or pass --token)"
+      : "no auth configured: using the local admin API key",
+  );
+  return createAuthenticator([{ sha256: sha256Hex(local.token), subject: "local-admin", project: "default", roles: ["admin"] }], undefined);
 }
 
 /**
@@ -54,6 +111,9 @@ export interface Service {
  * then the RPC handler. Nothing listens yet; see startService.
  */
 export async function buildService(config: Config, logger: Logger): Promise<Service> {
+  // Policies and credentials first: a bad rule or key file stops start-up before anything opens.
+  const specs = await listenerSpecs(config);
+  const authenticator = await authenticatorFor(config, logger);
   const container = rootContainer.createChildContainer();
   const repository: Repository = config.mongodbUri
     ? new MongoRepository({ uri: config.mongodbUri })
@@ -111,23 +171,38 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
     );
     router.service(ServerReflection, createReflectionService(servedProtoFiles, servedServiceNames));
   };
-  const handler = connectNodeAdapter({
-    routes,
-    interceptors: [errorsAndLogging(logger, metrics)],
-    // Image bytes do not compress; gzip would only cost CPU (grpc-js always offers it).
-    acceptCompression: [],
-    readMaxBytes: config.maxMessageBytes,
-    // Everything that is not an RPC: the signed upload and download URLs of stores without their own.
-    // (connect-node's response type differs from node's only in a write callback's signature.)
-    fallback: createDataEndpoint({ stores, signer, maxImageBytes: config.maxImageBytes, logger }) as ConnectNodeAdapterOptions["fallback"],
-  });
+  const openServices = config.auth?.openServices ?? [Health.typeName, ServerReflection.typeName];
+  const listeners = specs.map((spec) => ({
+    ...spec,
+    handler: connectNodeAdapter({
+      routes,
+      interceptors: [
+        errorsAndLogging(logger, metrics, spec.name),
+        authentication({ authenticator, policy: spec.policy, listener: spec.name, openServices, logger }),
+      ],
+      // Image bytes do not compress; gzip would only cost CPU (grpc-js always offers it).
+      acceptCompression: [],
+      readMaxBytes: config.maxMessageBytes,
+      // Everything that is not an RPC: the signed upload and download URLs of stores without their own.
+      // (connect-node's response type differs from node's only in a write callback's signature.)
+      fallback: createDataEndpoint({
+        stores,
+        signer,
+        maxImageBytes: config.maxImageBytes,
+        logger,
+        listener: spec.name,
+        allows: (action) => spec.policy.allows(action, { subject: "", project: "", roles: [] }, { owner: "" }),
+      }) as ConnectNodeAdapterOptions["fallback"],
+    }),
+  }));
   return {
     container,
     metrics,
     endpoint,
     runner,
     routes,
-    handler,
+    handler: listeners[0]!.handler,
+    listeners,
     async close(options = {}) {
       await runner.stop(options);
       await closeStores(stores);
@@ -138,8 +213,10 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
 }
 
 export interface RunningService extends Service {
-  /** Absent for role "worker". */
+  /** The first listener; absent for role "worker". */
   listener?: Listener;
+  /** Every listener by name; empty for role "worker". */
+  listening: Record<string, Listener>;
   /** Where /metrics is served, when metricsListen is configured. */
   metricsUrl?: string;
 }
@@ -147,16 +224,19 @@ export interface RunningService extends Service {
 /** Builds the service, listens on the configured address unless it is a worker, and starts running tasks unless it is an API server. */
 export async function startService(config: Config, logger: Logger): Promise<RunningService> {
   const service = await buildService(config, logger);
-  let listener: Listener | undefined;
+  const listening: Record<string, Listener> = {};
   let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined;
   try {
-    if (config.role !== "worker") listener = await listen(service.handler, { address: config.listen, tls: config.tls });
+    if (config.role !== "worker") {
+      for (const spec of service.listeners) listening[spec.name] = await listen(spec.handler, { address: spec.address, tls: spec.tls });
+    }
     if (config.metricsListen) metricsServer = await serveMetrics(service.metrics, config.metricsListen);
   } catch (err) {
-    await listener?.close();
+    await Promise.all(Object.values(listening).map((l) => l.close()));
     await service.close();
     throw err;
   }
+  const listener = listening[service.listeners[0]!.name];
   service.endpoint.baseUrl ||= listener?.url ?? "";
   let sweeper: NodeJS.Timeout | undefined;
   if (config.role !== "api") {
@@ -167,16 +247,17 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       sweeper.unref();
     }
   }
-  logger.info({ url: listener?.url, role: config.role, database: config.mongodbUri ? "mongodb" : "embedded" }, "imagetransfer started");
+  logger.info({ url: listener?.url, listeners: Object.fromEntries(Object.entries(listening).map(([n, l]) => [n, l.url])), role: config.role, database: config.mongodbUri ? "mongodb" : "embedded" }, "imagetransfer started");
   return {
     ...service,
     listener,
+    listening,
     metricsUrl: metricsServer?.url,
     async close(options = {}) {
       clearInterval(sweeper);
       service.container.resolve(TaskHub).close();
       // Tasks stop being claimed at once and get their grace period while connections drain.
-      await Promise.all([listener?.close(), metricsServer?.close(), service.runner.stop(options)]);
+      await Promise.all([...Object.values(listening).map((l) => l.close()), metricsServer?.close(), service.runner.stop(options)]);
       await service.close();
     },
   };

@@ -1,6 +1,8 @@
-import { createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Option, type Command } from "commander";
+import { readLocalAdminKey } from "../auth/local-key.js";
+import { loadConfig } from "../config/config.js";
 import { AdminService } from "../gen/imagetransfer/v1/admin_pb.js";
 import { ImageService } from "../gen/imagetransfer/v1/image_pb.js";
 import { TaskService } from "../gen/imagetransfer/v1/task_pb.js";
@@ -43,12 +45,17 @@ export function resolveServer(option: string | undefined, env: NodeJS.ProcessEnv
   return url.href.replace(/\/+$/, "");
 }
 
-/** Connect clients over HTTP/1.1 with the binary format; https URLs use TLS. */
-export function createClients(server: string): Clients {
+/** Connect clients over HTTP/1.1 with the binary format; https URLs use TLS; a token goes in every call's authorization header. */
+export function createClients(server: string, token?: string): Clients {
+  const bearer: Interceptor = (next) => (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
   const transport = createConnectTransport({
     baseUrl: server,
     httpVersion: "1.1",
     useBinaryFormat: true,
+    interceptors: token ? [bearer] : [],
   });
   return {
     server,
@@ -59,10 +66,12 @@ export function createClients(server: string): Clients {
   };
 }
 
-/** Adds --server and --json to a command that talks to the server. */
+/** Adds --server, --token, --data-dir and --json to a command that talks to the server. */
 export function addClientOptions(command: Command, options: { outputFormat?: boolean } = {}): Command {
   command
     .option("--server <url>", `the ImageTransfer server (env ITX_SERVER; default ${DEFAULT_SERVER})`)
+    .option("--token <token>", "API key or JWT to call with (env ITX_TOKEN; default the local admin key of --data-dir)")
+    .option("--data-dir <dir>", "the data dir of a server on this machine, whose local admin key to use (env ITX_DATA_DIR, or dataDir of ITX_CONFIG; default ./var)")
     .option("--json", "print the response as protobuf JSON on stdout, and nothing else (same as --output json)");
   // `download` keeps -o/--output for its file, as cp-like tools do; it has --json.
   if (options.outputFormat !== false) {
@@ -71,9 +80,31 @@ export function addClientOptions(command: Command, options: { outputFormat?: boo
   return command;
 }
 
+/** What a client command adds to the common options. */
+interface AuthOptions {
+  token?: string;
+  dataDir?: string;
+}
+
+/**
+ * The token: --token, then ITX_TOKEN, then the local admin key that `itx serve` made in
+ * the data dir it uses by the same rules (--data-dir, ITX_DATA_DIR, ITX_CONFIG's
+ * dataDir, ./var), so a server started on this machine needs no set-up.
+ */
+export async function resolveToken(options: AuthOptions, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
+  const given = (options.token ?? env.ITX_TOKEN ?? "").trim();
+  if (given !== "") return given;
+  let dataDir = options.dataDir ?? env.ITX_DATA_DIR;
+  if (dataDir === undefined) {
+    // A config the CLI cannot read just means no local key: the call then says what is missing.
+    dataDir = await loadConfig({ file: env.ITX_CONFIG, env }).then((c) => c.dataDir, () => "./var");
+  }
+  return readLocalAdminKey(dataDir).catch(() => undefined);
+}
+
 /** Builds the clients for a command's options. */
-export function clientsFor(options: ClientOptions): Clients {
-  return createClients(resolveServer(options.server));
+export async function clientsFor(options: ClientOptions & AuthOptions): Promise<Clients> {
+  return createClients(resolveServer(options.server), await resolveToken(options));
 }
 
 /**
@@ -89,13 +120,19 @@ export async function runClient(options: ClientOptions, body: (clients: Clients)
     setDocumentFormat(options.output);
   }
   try {
-    const clients = clientsFor(options);
+    const clients = await clientsFor(options);
     server = clients.server;
     code = (await body(clients)) ?? ExitCode.ok;
   } catch (err) {
-    code = reportError(err, server);
+    code = reportError(withCredentialHint(err), server);
   }
   process.exitCode = code;
+}
+
+/** A refused credential gets a hint on how to give one. */
+function withCredentialHint(err: unknown): unknown {
+  if (!(err instanceof ConnectError) || err.code !== Code.Unauthenticated) return err;
+  return new ConnectError(`${err.rawMessage} (pass --token or set ITX_TOKEN)`, err.code, err.metadata, undefined, err);
 }
 
 /** One page of a List call, in a shape common to every list. */

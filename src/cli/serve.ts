@@ -23,7 +23,8 @@ export function registerServe(program: Command): void {
     .option("--role <role>", "all (default), api (serve only) or worker (run tasks only, no listener) (env ITX_ROLE)")
     .option("--log-format <format>", "json (default) or pretty, for a terminal (env ITX_LOG_FORMAT)")
     .option("--log-level <level>", "fatal, error, warn, info, debug, trace or silent (env ITX_LOG_LEVEL)")
-    .action(async (opts: Record<string, string | string[] | undefined>) => {
+    .option("--insecure-no-auth", "serve without authentication: every caller is an admin (development only)")
+    .action(async (opts: Record<string, string | string[] | boolean | undefined>) => {
       let config;
       try {
         config = await loadConfig({
@@ -40,6 +41,7 @@ export function registerServe(program: Command): void {
             logFormat: opts.logFormat,
             role: opts.role,
             metricsListen: opts.metricsListen,
+            insecureNoAuth: opts.insecureNoAuth,
           },
         });
       } catch (err) {

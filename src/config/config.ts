@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import { extname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { authConfigKeys } from "../auth/config-schema.js";
 
 const storeSchema = z.strictObject({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, "must be lower-case letters, digits and dashes"),
@@ -63,8 +64,20 @@ export const configSchema = z
     stores: z
       .array(storeSchema)
       .default([{ name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true }]),
+    ...authConfigKeys,
   })
   .superRefine((config, ctx) => {
+    if (config.urlTtlSeconds > config.maxUrlTtlSeconds) {
+      ctx.addIssue({ code: "custom", path: ["urlTtlSeconds"], message: `must be at most maxUrlTtlSeconds (${config.maxUrlTtlSeconds})` });
+    }
+    if (config.insecureNoAuth && config.auth) {
+      ctx.addIssue({ code: "custom", path: ["insecureNoAuth"], message: "cannot be combined with auth settings" });
+    }
+    const listenerNames = new Set<string>();
+    config.listeners?.forEach((listener, i) => {
+      if (listenerNames.has(listener.name)) ctx.addIssue({ code: "custom", path: ["listeners", i, "name"], message: `duplicate listener name "${listener.name}"` });
+      listenerNames.add(listener.name);
+    });
     const names = new Set<string>();
     config.stores.forEach((store, i) => {
       if (names.has(store.name)) ctx.addIssue({ code: "custom", path: ["stores", i, "name"], message: `duplicate store name "${store.name}"` });

@@ -1,4 +1,4 @@
-import { failedPrecondition, notFound } from "../core/errors.js";
+import { DomainError, failedPrecondition, notFound } from "../core/errors.js";
 import {
   imagePredecessors,
   type ImageFilter,
@@ -32,6 +32,23 @@ export interface TaskChange {
   leaseOwner?: string;
   /** Only while the task has no lease or its lease expired before this time: a takeover. */
   leaseExpiredBefore?: number;
+}
+
+/** What a project holds, for its quotas. */
+export interface Usage {
+  /** Images in any status but deleted. */
+  images: number;
+  /** Import tasks pending or running. */
+  imports: number;
+  /** Bytes of active images. */
+  storedBytes: number;
+}
+
+/** A project's limits; an absent key is unlimited. */
+export interface QuotaLimits {
+  images?: number;
+  storedBytes?: number;
+  concurrentImports?: number;
 }
 
 /**
@@ -73,7 +90,49 @@ export interface Repository {
   listClaimableTasks(now: number, limit: number): Promise<TaskRecord[]>;
   /** Snapshots of the task after each change with a version above `afterVersion`, oldest first. */
   listTaskChanges(id: string, afterVersion: number, limit?: number): Promise<TaskRecord[]>;
+  /**
+   * Adds `delta` to a project's usage in one atomic step across processes, refusing with
+   * RESOURCE_EXHAUSTED (naming the quota) when a positive delta would pass `limits`.
+   * Repositories lower the usage themselves when an image is deleted or activated and
+   * when an import task ends; callers add images and imports before creating them.
+   */
+  changeUsage(owner: string, delta: Partial<Usage>, limits?: QuotaLimits): Promise<Usage>;
+  getUsage(owner: string): Promise<Usage>;
 }
+
+/** The usage after `delta`, or the quota it would pass. Counts never drop below zero. */
+export function applyUsage(owner: string, current: Usage, delta: Partial<Usage>, limits: QuotaLimits = {}): Usage {
+  const over = (name: string, limit: number) =>
+    new DomainError("resource-exhausted", "QUOTA_EXCEEDED", `project "${owner}" has reached its quota of ${limit} ${name}`);
+  if ((delta.images ?? 0) > 0 && limits.images !== undefined && current.images + delta.images! > limits.images) throw over("images", limits.images);
+  if ((delta.imports ?? 0) > 0) {
+    if (limits.concurrentImports !== undefined && current.imports + delta.imports! > limits.concurrentImports) {
+      throw over("concurrent imports", limits.concurrentImports);
+    }
+    // The size of an import is known only at its end: refuse new ones once the project is full.
+    if (limits.storedBytes !== undefined && current.storedBytes >= limits.storedBytes) throw over("stored bytes", limits.storedBytes);
+  }
+  return {
+    images: Math.max(0, current.images + (delta.images ?? 0)),
+    imports: Math.max(0, current.imports + (delta.imports ?? 0)),
+    storedBytes: Math.max(0, current.storedBytes + (delta.storedBytes ?? 0)),
+  };
+}
+
+/** How an image change moves its project's usage. */
+export function imageUsageDelta(before: ImageRecord, after: ImageRecord): Partial<Usage> | undefined {
+  if (before.status === after.status) return undefined;
+  if (after.status === "deleted") return { images: -1, storedBytes: before.status === "active" ? -before.size : 0 };
+  if (after.status === "active") return { storedBytes: after.size };
+  return undefined;
+}
+
+/** An import task that ends frees its project's import slot. */
+export function taskUsageDelta(before: TaskRecord, after: TaskRecord): Partial<Usage> | undefined {
+  return before.type === "import" && !isTerminal(before.state) && isTerminal(after.state) ? { imports: -1 } : undefined;
+}
+
+export const noUsage: Usage = { images: 0, imports: 0, storedBytes: 0 };
 
 const allImageStatuses: ImageStatus[] = ["queued", "uploading", "importing", "active", "killed", "deleted"];
 const allTaskStates: TaskState[] = ["pending", "running", "succeeded", "failed", "canceled"];

@@ -29,6 +29,10 @@ export interface DataEndpointOptions {
   /** The largest upload accepted, in bytes. */
   maxImageBytes: number;
   logger: Logger;
+  /** The listener's name, for the audit log. */
+  listener?: string;
+  /** Whether the listener's policy serves temporary URLs for this method (rules data_put and data_get). */
+  allows?: (action: "data_put" | "data_get") => boolean;
 }
 
 const ALLOW = "GET, HEAD, PUT";
@@ -71,6 +75,21 @@ export function createDataEndpoint(options: DataEndpointOptions): (req: Request,
     // Errors of the request stream (a client that resets) are handled where the body is read.
     req.on("error", () => {});
     res.once("close", () => {
+      // Writes are audited; the URL is not logged, as its query holds the signature.
+      if (exchange.method === "PUT") {
+        logger.info(
+          {
+            audit: true,
+            time: new Date().toISOString(),
+            subject: "temporary-url",
+            listener: options.listener ?? "default",
+            action: "data_put",
+            targets: { store: exchange.store, key: exchange.key },
+            outcome: finished(res) ? res.statusCode : "client-gone",
+          },
+          "audit",
+        );
+      }
       logger.debug(
         {
           method: exchange.method,
@@ -104,6 +123,9 @@ export function createDataEndpoint(options: DataEndpointOptions): (req: Request,
     const method = req.method ?? "";
     if (method !== "GET" && method !== "HEAD" && method !== "PUT") {
       throw new HttpError(405, "method not allowed", { Allow: ALLOW });
+    }
+    if (options.allows && !options.allows(method === "PUT" ? "data_put" : "data_get")) {
+      throw new HttpError(403, "this listener does not serve temporary URLs");
     }
     // The signature first: unsigned requests learn nothing, not even whether a store exists.
     const expires = single(target.query, "expires");

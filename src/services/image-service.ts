@@ -11,8 +11,11 @@ import type { ConfiguredStore } from "../core/stores.js";
 import { exportFormats, exportKey, imageKey } from "../core/transfer/environment.js";
 import { Tokens } from "../tokens.js";
 import { containerFormat, diskFormat, imageStatus, imageToProto } from "./convert.js";
-import { principalOf } from "./principal.js";
+import type { Config } from "../config/config.js";
+import { listScope, principalOf } from "./principal.js";
+import { withinQuota } from "./quotas.js";
 import { visibleImage } from "./visibility.js";
+import type { PolicyAction } from "../auth/policy.js";
 
 const MAX_NAME_LENGTH = 255;
 const MAX_PROPERTIES = 128;
@@ -24,6 +27,7 @@ export class ImageServiceImpl implements ServiceImpl<typeof ImageService> {
   constructor(
     @inject(Tokens.Repository) private readonly repository: Repository,
     @inject(Tokens.Stores) private readonly stores: ConfiguredStore[],
+    @inject(Tokens.Config) private readonly config: Config,
   ) {}
 
   async createImage(req: pb.CreateImageRequest, ctx: HandlerContext) {
@@ -38,17 +42,17 @@ export class ImageServiceImpl implements ServiceImpl<typeof ImageService> {
       },
       Date.now(),
     );
-    await this.repository.insertImage(image);
+    await withinQuota(this.repository, this.config, image.owner, { images: 1 }, () => this.repository.insertImage(image));
     return { image: imageToProto(image) };
   }
 
   async getImage(req: pb.GetImageRequest, ctx: HandlerContext) {
-    return { image: imageToProto(await this.visibleImage(req.id, ctx)) };
+    return { image: imageToProto(await this.visibleImage(req.id, ctx, "get_image")) };
   }
 
   async listImages(req: pb.ListImagesRequest, ctx: HandlerContext) {
     const filter: ImageFilter = {
-      owner: principalOf(ctx).project,
+      owner: listScope(ctx, "list_images"),
       status: imageStatus.fromProto(req.status, "status"),
       name: req.name === "" ? undefined : req.name,
     };
@@ -64,7 +68,7 @@ export class ImageServiceImpl implements ServiceImpl<typeof ImageService> {
     if (!req.image) throw invalidArgument("image is required");
     const paths = req.updateMask?.paths ?? [];
     if (paths.length === 0) throw invalidArgument("update_mask must name at least one field");
-    const current = await this.visibleImage(req.image.id, ctx);
+    const current = await this.visibleImage(req.image.id, ctx, "update_image");
     const patch: ImagePatch = {};
     let queuedOnly = false;
     for (const path of paths) {
@@ -94,7 +98,7 @@ export class ImageServiceImpl implements ServiceImpl<typeof ImageService> {
   }
 
   async deleteImage(req: pb.DeleteImageRequest, ctx: HandlerContext) {
-    const current = await this.visibleImage(req.id, ctx);
+    const current = await this.visibleImage(req.id, ctx, "delete_image");
     const image = await this.repository.updateImage(current.id, { status: "deleted" });
     await this.removeData(image.id);
     return { image: imageToProto(image) };
@@ -106,8 +110,8 @@ export class ImageServiceImpl implements ServiceImpl<typeof ImageService> {
     await Promise.allSettled(this.stores.flatMap((store) => keys.map((key) => store.instance?.delete(key))));
   }
 
-  private visibleImage(rawId: string, ctx: HandlerContext) {
-    return visibleImage(this.repository, rawId, ctx);
+  private visibleImage(rawId: string, ctx: HandlerContext, action: PolicyAction) {
+    return visibleImage(this.repository, rawId, ctx, action);
   }
 }
 

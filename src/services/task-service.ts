@@ -9,7 +9,8 @@ import type * as pb from "../gen/imagetransfer/v1/task_pb.js";
 import type { Repository } from "../persistence/repository.js";
 import { Tokens } from "../tokens.js";
 import { taskState, taskToProto, taskType } from "./convert.js";
-import { principalOf } from "./principal.js";
+import type { PolicyAction } from "../auth/policy.js";
+import { listScope, principalOf } from "./principal.js";
 import { visibleTask } from "./visibility.js";
 
 /** Reports and controls tasks; the work itself is done by the task runner. */
@@ -21,12 +22,12 @@ export class TaskServiceImpl implements ServiceImpl<typeof TaskService> {
   ) {}
 
   async getTask(req: pb.GetTaskRequest, ctx: HandlerContext) {
-    return { task: taskToProto(await this.visibleTask(req.id, ctx)) };
+    return { task: taskToProto(await this.visibleTask(req.id, ctx, "get_task")) };
   }
 
   async listTasks(req: pb.ListTasksRequest, ctx: HandlerContext) {
     const filter: TaskFilter = {
-      owner: principalOf(ctx).project,
+      owner: listScope(ctx, "list_tasks"),
       state: taskState.fromProto(req.state, "state"),
       type: taskType.fromProto(req.type, "type"),
       imageId: req.imageId === "" ? undefined : parseId("image_id", req.imageId),
@@ -40,7 +41,7 @@ export class TaskServiceImpl implements ServiceImpl<typeof TaskService> {
   }
 
   async *watchTask(req: pb.WatchTaskRequest, ctx: HandlerContext) {
-    const task = await this.visibleTask(req.id, ctx);
+    const task = await this.visibleTask(req.id, ctx, "watch_task");
     // The hub ends the stream at a terminal state; ctx.signal ends it when the client hangs up.
     for await (const snapshot of this.hub.watch(task.id, ctx.signal)) {
       yield { task: taskToProto(snapshot) };
@@ -49,7 +50,7 @@ export class TaskServiceImpl implements ServiceImpl<typeof TaskService> {
 
   /** A pending task is canceled at once; a running one is canceled and its worker stops on its next write. */
   async cancelTask(req: pb.CancelTaskRequest, ctx: HandlerContext) {
-    const task = await this.visibleTask(req.id, ctx);
+    const task = await this.visibleTask(req.id, ctx, "cancel_task");
     const canceled = await this.hub.change(task.id, {
       state: "canceled",
       patch: { error: { reason: "CANCELED", message: `canceled by ${principalOf(ctx).subject}` } },
@@ -57,7 +58,7 @@ export class TaskServiceImpl implements ServiceImpl<typeof TaskService> {
     return { task: taskToProto(canceled) };
   }
 
-  private visibleTask(rawId: string, ctx: HandlerContext): Promise<TaskRecord> {
-    return visibleTask(this.repository, rawId, ctx);
+  private visibleTask(rawId: string, ctx: HandlerContext, action: PolicyAction): Promise<TaskRecord> {
+    return visibleTask(this.repository, rawId, ctx, action);
   }
 }

@@ -21,11 +21,12 @@ import type { Repository } from "../persistence/repository.js";
 import type { StoreInstance } from "../plugins/plugin-api.js";
 import { Tokens } from "../tokens.js";
 import { diskFormat, imageToProto, taskToProto } from "./convert.js";
+import type { PolicyAction } from "../auth/policy.js";
 import { principalOf } from "./principal.js";
+import { withinQuota } from "./quotas.js";
 import { visibleImage } from "./visibility.js";
 
 const hashLengths = { sha256: 64, sha512: 128 } as const;
-const MAX_URL_TTL_SECONDS = 7 * 24 * 3600;
 const MAX_IDEMPOTENCY_KEY_LENGTH = 128;
 /** How long an idempotency key names its task. */
 const IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000;
@@ -59,7 +60,7 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     if (!store.capabilities?.write) throw failedPrecondition(`store "${store.name}" does not accept writes`);
     let key = `uploads/${newId()}`;
     if (req.imageId !== "") {
-      const image = await visibleImage(this.repository, req.imageId, ctx, "image_id");
+      const image = await visibleImage(this.repository, req.imageId, ctx, "create_upload_url", "image_id");
       if (image.status !== "queued") throw failedPrecondition(`image ${image.id} is ${image.status.toUpperCase()}; uploads are for QUEUED images`);
       key = `uploads/${image.id}/${newId()}`;
     }
@@ -80,23 +81,32 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
       expectedHash: expectedHash(req.expectedHash),
     };
     const task = await this.idempotent(req.idempotencyKey, ctx, async (taskId) => {
-      const image = req.imageId === "" ? await this.newImage(ctx, req.name, declared) : await this.claimQueuedImage(req.imageId, ctx);
-      return this.createTask("import", image, ctx, input, taskId);
+      if (req.imageId === "") {
+        const name = checkName(req.name);
+        return withinQuota(this.repository, this.config, principalOf(ctx).project, { images: 1, imports: 1 }, async () =>
+          this.createTask("import", await this.newImage(ctx, name, declared), input, taskId),
+        );
+      }
+      const queued = await visibleImage(this.repository, req.imageId, ctx, "import_image", "image_id");
+      return withinQuota(this.repository, this.config, queued.owner, { imports: 1 }, async () => {
+        const image = await this.repository.updateImage(queued.id, { expect: ["queued"], status: "importing" });
+        return this.createTask("import", image, input, taskId);
+      });
     });
     return { task: taskToProto(task), image: imageToProto((await this.repository.findImage(task.imageId))!) };
   }
 
   async exportImage(req: pb.ExportImageRequest, ctx: HandlerContext) {
-    const image = await this.activeImage(req.imageId, ctx);
+    const image = await this.activeImage(req.imageId, ctx, "export_image");
     const format = diskFormat.fromProto(req.diskFormat, "disk_format");
     if (!format || !(exportFormats as readonly string[]).includes(format)) throw invalidArgument(`disk_format must be one of ${exportFormats.join(", ")}`);
     const store = pickStore(this.stores, req.store, "isDefault", this.config.region);
     const input: ExportInput = { diskFormat: format, store: store.name };
-    return { task: taskToProto(await this.idempotent(req.idempotencyKey, ctx, (id) => this.createTask("export", image, ctx, input, id))) };
+    return { task: taskToProto(await this.idempotent(req.idempotencyKey, ctx, (id) => this.createTask("export", image, input, id))) };
   }
 
   async createDownloadUrl(req: pb.CreateDownloadUrlRequest, ctx: HandlerContext) {
-    const image = await this.activeImage(req.imageId, ctx);
+    const image = await this.activeImage(req.imageId, ctx, "create_download_url");
     const format = diskFormat.fromProto(req.diskFormat, "disk_format");
     const { store, key } = await this.downloadObject(image, format);
     const info = await store.instance.stat(key);
@@ -106,10 +116,10 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
   }
 
   async copyImage(req: pb.CopyImageRequest, ctx: HandlerContext) {
-    const image = await this.activeImage(req.imageId, ctx);
+    const image = await this.activeImage(req.imageId, ctx, "copy_image");
     if (req.stores.length === 0) throw invalidArgument("stores must name at least one store to copy to");
     const input: CopyInput = { stores: this.destinationStores(req.stores), allStoresMustSucceed: req.allStoresMustSucceed };
-    return { task: taskToProto(await this.idempotent(req.idempotencyKey, ctx, (id) => this.createTask("copy", image, ctx, input, id))) };
+    return { task: taskToProto(await this.idempotent(req.idempotencyKey, ctx, (id) => this.createTask("copy", image, input, id))) };
   }
 
   /**
@@ -120,29 +130,33 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     const iterator = requests[Symbol.asyncIterator]();
     const first = await iterator.next();
     if (first.done) throw invalidArgument("the first message must name the image");
-    const image = await visibleImage(this.repository, first.value.imageId, ctx, "image_id");
+    const image = await visibleImage(this.repository, first.value.imageId, ctx, "upload_image_data", "image_id");
     const declared = diskFormat.fromProto(first.value.diskFormat, "disk_format");
-    await this.repository.updateImage(image.id, { expect: ["queued"], status: "uploading" });
-    const staging = pickStore(this.stores, "", "isStaging", this.config.region);
-    const key = `uploads/${image.id}/${newId()}`;
-    const maxBytes = this.config.maxImageBytes;
-    async function* chunks() {
-      let total = 0;
-      for (let next = first; !next.done; next = await iterator.next()) {
-        total += next.value.chunk.length;
-        if (total > maxBytes) throw new DomainError("resource-exhausted", "IMAGE_TOO_LARGE", `the image is larger than the limit of ${maxBytes} bytes`);
-        if (next.value.chunk.length > 0) yield next.value.chunk;
+    // The import slot is taken before the data arrives, so a project at its limit is told at once;
+    // once the task exists it holds the slot, and its end frees it.
+    const { task, staged } = await withinQuota(this.repository, this.config, image.owner, { imports: 1 }, async () => {
+      await this.repository.updateImage(image.id, { expect: ["queued"], status: "uploading" });
+      const staging = pickStore(this.stores, "", "isStaging", this.config.region);
+      const key = `uploads/${image.id}/${newId()}`;
+      const maxBytes = this.config.maxImageBytes;
+      async function* chunks() {
+        let total = 0;
+        for (let next = first; !next.done; next = await iterator.next()) {
+          total += next.value.chunk.length;
+          if (total > maxBytes) throw new DomainError("resource-exhausted", "IMAGE_TOO_LARGE", `the image is larger than the limit of ${maxBytes} bytes`);
+          if (next.value.chunk.length > 0) yield next.value.chunk;
+        }
       }
-    }
-    try {
-      await staging.instance.write(key, chunks(), { signal: ctx.signal });
-    } catch (err) {
-      await this.repository.updateImage(image.id, { expect: ["uploading"], status: "killed" }).catch(() => undefined);
-      throw err;
-    }
-    const importing = await this.repository.updateImage(image.id, { expect: ["uploading"], status: "importing" });
-    const input: ImportInput = { seedUri: storeUri(staging, key), diskFormat: declared, stores: [], allStoresMustSucceed: true };
-    const task = await this.createTask("import", importing, ctx, input);
+      try {
+        await staging.instance.write(key, chunks(), { signal: ctx.signal });
+      } catch (err) {
+        await this.repository.updateImage(image.id, { expect: ["uploading"], status: "killed" }).catch(() => undefined);
+        throw err;
+      }
+      const importing = await this.repository.updateImage(image.id, { expect: ["uploading"], status: "importing" });
+      const input: ImportInput = { seedUri: storeUri(staging, key), diskFormat: declared, stores: [], allStoresMustSucceed: true };
+      return { task: await this.createTask("import", importing, input), staged: { store: staging, key } };
+    });
     try {
       let last = task;
       for await (const snapshot of this.hub.watch(task.id, ctx.signal)) last = snapshot;
@@ -150,13 +164,13 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
         throw failedPrecondition(`the upload did not become an image: ${last.error?.message ?? last.state}`, last.error?.reason);
       }
     } finally {
-      await staging.instance.delete(key).catch(() => undefined);
+      await staged.store.instance.delete(staged.key).catch(() => undefined);
     }
     return { image: imageToProto((await this.repository.findImage(image.id))!) };
   }
 
   async *downloadImageData(req: pb.DownloadImageDataRequest, ctx: HandlerContext) {
-    const image = await this.activeImage(req.imageId, ctx);
+    const image = await this.activeImage(req.imageId, ctx, "download_image_data");
     const { store, key } = await this.downloadObject(image, undefined);
     const offset = Number(req.offset);
     if (offset > image.size) throw invalidArgument(`offset ${offset} is beyond the image's ${image.size} bytes`);
@@ -176,8 +190,8 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     if (pendingBytes > 0) yield { chunk: Buffer.concat(pending) };
   }
 
-  private async activeImage(rawId: string, ctx: HandlerContext): Promise<ImageRecord> {
-    const image = await visibleImage(this.repository, rawId, ctx, "image_id");
+  private async activeImage(rawId: string, ctx: HandlerContext, action: PolicyAction): Promise<ImageRecord> {
+    const image = await visibleImage(this.repository, rawId, ctx, action, "image_id");
     if (image.status !== "active") throw failedPrecondition(`image ${image.id} is ${image.status.toUpperCase()}; it must be ACTIVE`, "IMAGE_NOT_ACTIVE");
     return image;
   }
@@ -204,15 +218,9 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
   }
 
   private async newImage(ctx: HandlerContext, name: string, declared: DiskFormat | undefined): Promise<ImageRecord> {
-    if (name.length > 255) throw invalidArgument("name is longer than 255 characters");
     const image = newImageRecord({ id: newId(), owner: principalOf(ctx).project, name, diskFormat: declared, status: "importing" }, Date.now());
     await this.repository.insertImage(image);
     return image;
-  }
-
-  private async claimQueuedImage(rawId: string, ctx: HandlerContext): Promise<ImageRecord> {
-    const image = await visibleImage(this.repository, rawId, ctx, "image_id");
-    return this.repository.updateImage(image.id, { expect: ["queued"], status: "importing" });
   }
 
   /**
@@ -240,22 +248,27 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     }
   }
 
-  private async createTask(type: TaskType, image: ImageRecord, ctx: HandlerContext, input: object, id = newId()) {
-    const task = await this.hub.create(
-      newTaskRecord({ id, type, imageId: image.id, owner: principalOf(ctx).project, input: { ...input } }, Date.now()),
-    );
+  /** The task belongs to the image's project, whoever asked for it (a service, an admin). */
+  private async createTask(type: TaskType, image: ImageRecord, input: object, id = newId()) {
+    const task = await this.hub.create(newTaskRecord({ id, type, imageId: image.id, owner: image.owner, input: { ...input } }, Date.now()));
     this.runner.poke();
     return task;
   }
 
   /** The store's own temporary URL where it has one, else the service's signed data endpoint. */
   private async temporaryUrl(store: ConfiguredStore & { instance: StoreInstance }, key: string, method: "GET" | "PUT", seconds: number) {
-    if (seconds > MAX_URL_TTL_SECONDS) throw invalidArgument(`expires_in_seconds must be at most ${MAX_URL_TTL_SECONDS}`);
+    const max = this.config.maxUrlTtlSeconds;
+    if (seconds > max) throw invalidArgument(`expires_in_seconds must be at most ${max}`);
     const ttl = seconds === 0 ? this.config.urlTtlSeconds : seconds;
     const native = method === "GET" ? store.capabilities?.presignGet : store.capabilities?.presignPut;
     if (native && store.instance.presign) return store.instance.presign(key, { method, expiresInSeconds: ttl });
     return this.signer.url(this.endpoint.baseUrl, method, store.name, key, ttl);
   }
+}
+
+function checkName(name: string): string {
+  if (name.length > 255) throw invalidArgument("name is longer than 255 characters");
+  return name;
 }
 
 function expectedHash(hash: pb.ExpectedHash | undefined): ImportInput["expectedHash"] {

@@ -14,9 +14,14 @@ export interface ServerProcess {
   stop(): Promise<number | null>;
 }
 
-/** Runs `itx serve` from dist/ on a free port and waits for its "listening on" line. */
-export async function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [cliPath, "serve", "--listen", "127.0.0.1:0", ...args], {
+/**
+ * Runs `itx serve` from dist/ on a free port and waits for its "listening on" line. Tests
+ * that are not about authentication get --insecure-no-auth; with `auth: true` the server
+ * authenticates as configured (with no auth settings: its local admin key).
+ */
+export async function spawnServer(args: string[], env: NodeJS.ProcessEnv = {}, options: { auth?: boolean } = {}): Promise<ServerProcess> {
+  const auth = options.auth ? [] : ["--insecure-no-auth"];
+  const child = spawn(process.execPath, [cliPath, "serve", "--listen", "127.0.0.1:0", ...auth, ...args], {
     cwd: repoRoot,
     env: { ...outsideSettings(), ITX_LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],

@@ -7,22 +7,31 @@ import { loadConfig, type Config } from "../../src/config/config.js";
 import { startService, type RunningService } from "../../src/service.js";
 
 export interface TestService extends RunningService {
-  /** Empty for role "worker", which does not listen. */
+  /** The first listener's URL; empty for role "worker", which does not listen. */
   url: string;
+  /** Every listener's URL by name. */
+  urls: Record<string, string>;
   config: Config;
   dataDir: string;
   /** Stops the server and removes its data dir unless `keepData`. */
   stop(options?: { keepData?: boolean }): Promise<void>;
 }
 
-/** A real server on a free loopback port with its own data dir (embedded database unless mongodbUri is given). */
+/**
+ * A real server on a free loopback port with its own data dir (embedded database unless
+ * mongodbUri is given). Tests that are not about authentication run it with
+ * insecureNoAuth (every caller an admin of project "default"); pass `auth` (or
+ * `insecureNoAuth: false`, for the local admin key) to test authentication.
+ */
 export async function startTestService(overrides: Record<string, unknown> = {}): Promise<TestService> {
   const dataDir = (overrides.dataDir as string | undefined) ?? (await mkdtemp(join(tmpdir(), "itx-test-")));
-  const config = await loadConfig({ overrides: { listen: "127.0.0.1:0", dataDir, logLevel: "silent", ...overrides } });
+  const insecureNoAuth = overrides.auth === undefined && overrides.insecureNoAuth === undefined ? true : undefined;
+  const config = await loadConfig({ overrides: { listen: "127.0.0.1:0", dataDir, logLevel: "silent", insecureNoAuth, ...overrides } });
   const service = await startService(config, pino({ level: process.env.ITX_TEST_LOG_LEVEL ?? "silent" }));
   return {
     ...service,
     url: service.listener?.url ?? "",
+    urls: Object.fromEntries(Object.entries(service.listening).map(([name, l]) => [name, l.url])),
     config,
     dataDir,
     async stop(options = {}) {

@@ -5,15 +5,21 @@ import type { ImageFilter, ImageRecord } from "../../core/image.js";
 import type { Cursor, Page, PageRequest } from "../../core/paging.js";
 import type { TaskFilter, TaskRecord } from "../../core/task.js";
 import {
+  applyUsage,
   imageChangeSources,
+  imageUsageDelta,
+  noUsage,
+  taskUsageDelta,
   refusal,
   taskChangeFields,
   taskChangeApplies,
   taskChangeSources,
   taskRefusal,
   type ImageChange,
+  type QuotaLimits,
   type Repository,
   type TaskChange,
+  type Usage,
 } from "../repository.js";
 
 const schema = `
@@ -31,6 +37,8 @@ const schema = `
   CREATE TABLE IF NOT EXISTS task_changes (
     task_id TEXT NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL,
     PRIMARY KEY (task_id, version));
+  CREATE TABLE IF NOT EXISTS usage (
+    owner TEXT PRIMARY KEY, images INTEGER NOT NULL, imports INTEGER NOT NULL, stored_bytes INTEGER NOT NULL);
 `;
 
 type Row = { doc: string };
@@ -98,6 +106,8 @@ export class SqliteRepository implements Repository {
       this.db
         .prepare("UPDATE images SET status = ?, name = ?, doc = ? WHERE id = ?")
         .run(next.status, next.name, JSON.stringify(next), id);
+      const delta = imageUsageDelta(current, next);
+      if (delta) this.changeUsageSync(next.owner, delta);
       return next;
     }).immediate();
   }
@@ -132,6 +142,8 @@ export class SqliteRepository implements Repository {
       };
       this.db.prepare("UPDATE tasks SET state = ?, doc = ? WHERE id = ?").run(next.state, JSON.stringify(next), id);
       this.recordChange(next);
+      const delta = taskUsageDelta(current, next);
+      if (delta) this.changeUsageSync(next.owner, delta);
       return next;
     }).immediate();
   }
@@ -193,6 +205,29 @@ export class SqliteRepository implements Repository {
       .prepare("SELECT doc FROM task_changes WHERE task_id = ? AND version > ? ORDER BY version LIMIT ?")
       .all(id, afterVersion, limit) as Row[];
     return rows.map((r) => JSON.parse(r.doc));
+  }
+
+  async changeUsage(owner: string, delta: Partial<Usage>, limits?: QuotaLimits): Promise<Usage> {
+    return this.db.transaction(() => this.changeUsageSync(owner, delta, limits)).immediate();
+  }
+
+  async getUsage(owner: string): Promise<Usage> {
+    return this.usageSync(owner);
+  }
+
+  private changeUsageSync(owner: string, delta: Partial<Usage>, limits?: QuotaLimits): Usage {
+    const next = applyUsage(owner, this.usageSync(owner), delta, limits);
+    this.db
+      .prepare("INSERT OR REPLACE INTO usage (owner, images, imports, stored_bytes) VALUES (?, ?, ?, ?)")
+      .run(owner, next.images, next.imports, next.storedBytes);
+    return next;
+  }
+
+  private usageSync(owner: string): Usage {
+    const row = this.db.prepare("SELECT images, imports, stored_bytes FROM usage WHERE owner = ?").get(owner) as
+      | { images: number; imports: number; stored_bytes: number }
+      | undefined;
+    return row ? { images: row.images, imports: row.imports, storedBytes: row.stored_bytes } : { ...noUsage };
   }
 
   /** Synchronous reads, so a transaction can read and write without yielding. */

@@ -13,24 +13,36 @@ import type { ImageFilter, ImageRecord } from "../../core/image.js";
 import type { Cursor, Page, PageRequest } from "../../core/paging.js";
 import type { TaskFilter, TaskRecord } from "../../core/task.js";
 import {
+  applyUsage,
   imageChangeSources,
+  imageUsageDelta,
+  noUsage,
+  taskUsageDelta,
   refusal,
   taskChangeFields,
   taskChangeApplies,
   taskChangeSources,
   taskRefusal,
   type ImageChange,
+  type QuotaLimits,
   type Repository,
   type TaskChange,
+  type Usage,
 } from "../repository.js";
 
 type ImageDoc = ImageRecord & { _id: string };
 type TaskDoc = TaskRecord & { _id: string };
 /** A committed change: the record's snapshot at `version`, keyed "ID/VERSION". */
 type ChangeDoc<T> = { _id: string; recordId: string; version: number; record: T };
+/** A project's usage at one version, keyed "OWNER/VERSION": the newest version is the current usage. */
+type UsageDoc = Usage & { _id: string; owner: string; version: number };
 
 /** How often a change retries after losing a race to a change that was then refused or applied. */
 const MAX_CHANGE_ATTEMPTS = 20;
+/** Usage changes race whenever a project imports in parallel: they retry longer, with a short random pause. */
+const MAX_USAGE_ATTEMPTS = 200;
+/** Usage versions kept behind the newest one; older ones are removed now and then. */
+const USAGE_HISTORY = 50;
 
 export interface MongoRepositoryOptions {
   uri: string;
@@ -50,6 +62,7 @@ export class MongoRepository implements Repository {
   private readonly imageChanges: Collection<ChangeDoc<ImageRecord>>;
   private readonly taskChanges: Collection<ChangeDoc<TaskRecord>>;
   private readonly idempotencyKeys: Collection<{ _id: string; taskId: string; createTime: number }>;
+  private readonly usage: Collection<UsageDoc>;
 
   constructor(options: MongoRepositoryOptions) {
     this.client = new MongoClient(options.uri, {
@@ -63,6 +76,7 @@ export class MongoRepository implements Repository {
     this.imageChanges = this.db.collection("image_changes");
     this.taskChanges = this.db.collection("task_changes");
     this.idempotencyKeys = this.db.collection("idempotency_keys");
+    this.usage = this.db.collection("usage");
   }
 
   async init(): Promise<void> {
@@ -73,6 +87,7 @@ export class MongoRepository implements Repository {
       await this.tasks.createIndex({ state: 1, createTime: 1 });
       await this.tasks.createIndex({ imageId: 1 });
       await this.taskChanges.createIndex({ recordId: 1, version: 1 });
+      await this.usage.createIndex({ owner: 1, version: -1 });
     });
   }
 
@@ -102,9 +117,11 @@ export class MongoRepository implements Repository {
 
   async updateImage(id: string, change: ImageChange): Promise<ImageRecord> {
     const sources = imageChangeSources(change);
-    return guard(() =>
+    let before: ImageRecord | undefined;
+    const updated = await guard(() =>
       commitChange(this.images, this.imageChanges, id, (current) => {
         if (!current || !sources.includes(current.status)) throw refusal("image", id, current?.status, change.status);
+        before = current;
         return {
           ...current,
           ...change.patch,
@@ -114,6 +131,10 @@ export class MongoRepository implements Repository {
         };
       }),
     );
+    // After the commit: a crash in between leaves the usage high, never low.
+    const delta = imageUsageDelta(before!, updated);
+    if (delta) await this.changeUsage(updated.owner, delta);
+    return updated;
   }
 
   async insertTask(task: TaskRecord): Promise<void> {
@@ -137,9 +158,11 @@ export class MongoRepository implements Repository {
 
   async updateTask(id: string, change: TaskChange): Promise<TaskRecord> {
     const sources = taskChangeSources(change);
-    return guard(() =>
+    let before: TaskRecord | undefined;
+    const updated = await guard(() =>
       commitChange(this.tasks, this.taskChanges, id, (current) => {
         if (!current || !taskChangeApplies(current, change, sources)) throw taskRefusal(id, current, change);
+        before = current;
         return {
           ...current,
           ...taskChangeFields(change, Math.max(Date.now(), current.updateTime)),
@@ -147,6 +170,43 @@ export class MongoRepository implements Repository {
         };
       }),
     );
+    const delta = taskUsageDelta(before!, updated);
+    if (delta) await this.changeUsage(updated.owner, delta);
+    return updated;
+  }
+
+  /**
+   * Like every change here, committed by inserting the next version with a unique _id,
+   * so of racing writers exactly one wins each version, also where findOneAndUpdate
+   * is not atomic across connections.
+   */
+  async changeUsage(owner: string, delta: Partial<Usage>, limits?: QuotaLimits): Promise<Usage> {
+    return guard(async () => {
+      for (let attempt = 0; attempt < MAX_USAGE_ATTEMPTS; attempt++) {
+        const current = await this.latestUsage(owner);
+        const version = (current?.version ?? 0) + 1;
+        const next = applyUsage(owner, current ?? noUsage, delta, limits);
+        try {
+          await this.usage.insertOne({ _id: `${owner}/${version}`, owner, version, ...next });
+        } catch (err) {
+          if (!isDuplicateKey(err)) throw err;
+          await new Promise((resolve) => setTimeout(resolve, Math.random() * 20));
+          continue;
+        }
+        if (version % USAGE_HISTORY === 0) await this.usage.deleteMany({ owner, version: { $lt: version - USAGE_HISTORY } });
+        return next;
+      }
+      throw unavailable(`too many concurrent changes to the usage of project "${owner}"; try again`);
+    });
+  }
+
+  async getUsage(owner: string): Promise<Usage> {
+    const latest = await guard(() => this.latestUsage(owner));
+    return latest ? { images: latest.images, imports: latest.imports, storedBytes: latest.storedBytes } : { ...noUsage };
+  }
+
+  private async latestUsage(owner: string): Promise<UsageDoc | undefined> {
+    return (await this.usage.find({ owner }).sort({ version: -1 }).limit(1).toArray())[0];
   }
 
   async reserveIdempotencyKey(owner: string, key: string, taskId: string, now: number, since: number): Promise<string> {
