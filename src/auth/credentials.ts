@@ -41,12 +41,12 @@ export async function createAuthenticator(apiKeys: ApiKeyEntry[], jwt: JwtConfig
   const verifyJwt = jwt ? await jwtVerifier(jwt) : undefined;
   return {
     async authenticate(authorization) {
-      if (!authorization) throw unauthenticated('credentials required: send the header "authorization: Bearer TOKEN"');
+      if (!authorization) throw unauthenticated('credentials required. Send an "authorization" header with "Bearer " and an API key or a JWT');
       const match = /^Bearer +(\S+)\s*$/i.exec(authorization);
-      if (!match) throw unauthenticated('malformed authorization header: expected "Bearer TOKEN"');
+      if (!match) throw unauthenticated('malformed "authorization" header. Expected "Bearer " and an API key or a JWT');
       const token = match[1]!;
       if (JWT_SHAPE.test(token)) {
-        if (!verifyJwt) throw unauthenticated("this server does not accept JWTs; use an API key");
+        if (!verifyJwt) throw unauthenticated("this server does not accept JWTs. Use an API key");
         return verifyJwt(token);
       }
       const key = byHash.get(sha256Hex(token));

@@ -26,7 +26,7 @@ export function principalOf(ctx: Pick<HandlerContext, "values">): Principal {
 }
 
 export function permissionDenied(access: Access, action: string): ConnectError {
-  return new ConnectError(`permission denied: ${action} is not allowed for ${access.principal.subject} on listener "${access.listener}"`, Code.PermissionDenied);
+  return new ConnectError(`${action} is not allowed for ${access.principal.subject} on listener "${access.listener}"`, Code.PermissionDenied);
 }
 
 /** Throws PERMISSION_DENIED unless the policy allows `action` on something `owner` owns (default: the caller's own project). */

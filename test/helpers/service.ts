@@ -2,7 +2,7 @@ import "reflect-metadata";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pino } from "pino";
+import { pino, type Logger } from "pino";
 import { loadConfig, type Config } from "../../src/config/config.js";
 import { startService, type RunningService } from "../../src/service.js";
 
@@ -23,11 +23,11 @@ export interface TestService extends RunningService {
  * insecureNoAuth (every caller an admin of project "default"); pass `auth` (or
  * `insecureNoAuth: false`, for the local admin key) to test authentication.
  */
-export async function startTestService(overrides: Record<string, unknown> = {}): Promise<TestService> {
+export async function startTestService(overrides: Record<string, unknown> = {}, options: { logger?: Logger } = {}): Promise<TestService> {
   const dataDir = (overrides.dataDir as string | undefined) ?? (await mkdtemp(join(tmpdir(), "itx-test-")));
   const insecureNoAuth = overrides.auth === undefined && overrides.insecureNoAuth === undefined ? true : undefined;
   const config = await loadConfig({ overrides: { listen: "127.0.0.1:0", dataDir, logLevel: "silent", insecureNoAuth, ...overrides } });
-  const service = await startService(config, pino({ level: process.env.ITX_TEST_LOG_LEVEL ?? "silent" }));
+  const service = await startService(config, options.logger ?? pino({ level: process.env.ITX_TEST_LOG_LEVEL ?? "silent" }));
   return {
     ...service,
     url: service.listener?.url ?? "",
