@@ -54,8 +54,9 @@ export function parseOptions(config: StoreConfig): S3StoreOptions {
     bucket,
     forcePathStyle: flag(options.forcePathStyle, "forcePathStyle", false),
     credentials: optionalCredentials(options.credentials),
-    partSize: integer(options.partSize, "partSize", 64 * MiB, MIN_PART_SIZE, MAX_PART_SIZE, "bytes"),
-    // Memory per write is about (queueSize + 1) x partSize: the parts in flight plus the one filling.
+    // A write holds about (queueSize + 1) x partSize, up to twice that until garbage is
+    // collected: 16 MiB parts two at a time keep it near 100 MiB and allow objects of 156 GiB.
+    partSize: integer(options.partSize, "partSize", 16 * MiB, MIN_PART_SIZE, MAX_PART_SIZE, "bytes"),
     queueSize: integer(options.queueSize, "queueSize", 2, 1, 16, "parts uploaded at once"),
     checksumMode: checksumMode(options.checksumMode),
   };
