@@ -26,8 +26,16 @@ export interface TestService extends RunningService {
 export async function startTestService(overrides: Record<string, unknown> = {}, options: { logger?: Logger } = {}): Promise<TestService> {
   const dataDir = (overrides.dataDir as string | undefined) ?? (await mkdtemp(join(tmpdir(), "itx-test-")));
   const insecureNoAuth = overrides.auth === undefined && overrides.insecureNoAuth === undefined ? true : undefined;
-  const config = await loadConfig({ overrides: { listen: "127.0.0.1:0", dataDir, logLevel: "silent", insecureNoAuth, ...overrides } });
-  const service = await startService(config, options.logger ?? pino({ level: process.env.ITX_TEST_LOG_LEVEL ?? "silent" }));
+  let config: Config;
+  let service: RunningService;
+  try {
+    config = await loadConfig({ overrides: { listen: "127.0.0.1:0", dataDir, logLevel: "silent", insecureNoAuth, ...overrides } });
+    service = await startService(config, options.logger ?? pino({ level: process.env.ITX_TEST_LOG_LEVEL ?? "silent" }));
+  } catch (err) {
+    // A server that failed to start leaves no data dir of ours behind.
+    if (overrides.dataDir === undefined) await rm(dataDir, { recursive: true, force: true });
+    throw err;
+  }
   return {
     ...service,
     url: service.listener?.url ?? "",
