@@ -84,6 +84,15 @@ export function notFound(failed: Failed): StoreError {
   return new StoreError("not-found", message(failed, "the object does not exist"));
 }
 
+/** The error for a bucket that is not there, found without an S3 error to map. */
+export function bucketNotFound(failed: Failed): StoreError {
+  return new StoreError("not-found", message(failed, noBucket(failed)));
+}
+
+function noBucket(failed: Failed): string {
+  return `the bucket "${failed.bucket}" does not exist (NoSuchBucket); create it or fix the store's "bucket" option`;
+}
+
 function message(failed: Failed, reason: string): string {
   const where = failed.key === undefined ? `in bucket "${failed.bucket}"` : `s3://${failed.store}/${failed.key} (bucket "${failed.bucket}")`;
   return `cannot ${failed.action} ${where}: ${reason}`;
@@ -93,7 +102,7 @@ function classify(err: unknown, failed: Failed): { kind: StoreErrorKind; reason:
   const status = statusOf(err);
   const code = codeOf(err) ?? "Error";
   const sdk = err as SdkError | null;
-  if (code === "NoSuchBucket") return { kind: "not-found", reason: `the bucket "${failed.bucket}" does not exist (NoSuchBucket); create it or fix the store's "bucket" option` };
+  if (code === "NoSuchBucket") return { kind: "not-found", reason: noBucket(failed) };
   if (code === "NoSuchKey" || code === "NoSuchUpload" || status === 404) return { kind: "not-found", reason: `the object does not exist (${code})` };
   if (PERMISSION_CODES.has(code) || status === 401 || status === 403) {
     return { kind: "permission", reason: `access denied (${code === "Unknown" ? `HTTP ${status}` : code}); check the store's credentials and the bucket's policy` };

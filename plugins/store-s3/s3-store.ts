@@ -10,6 +10,7 @@ import {
   AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
+  HeadBucketCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
@@ -32,7 +33,7 @@ import {
   type ReadOptions,
   type StoreInstance,
 } from "../../src/plugins/plugin-api.js";
-import { codeOf, notFound, statusOf, toStoreError, type Failed } from "./errors.js";
+import { bucketNotFound, codeOf, notFound, statusOf, toStoreError, type Failed } from "./errors.js";
 import { MAX_PARTS, MAX_PRESIGN_SECONDS, type S3StoreOptions } from "./options.js";
 import { WriteRequests } from "./write-requests.js";
 
@@ -84,8 +85,8 @@ export class S3Store implements StoreInstance {
       const head = await this.client.send(new HeadObjectCommand({ Bucket: this.options.bucket, Key: key }), { abortSignal: signal });
       return { key, size: head.ContentLength ?? 0, modifiedTime: head.LastModified };
     } catch (err) {
-      // HEAD answers carry no error code: 404 is all there is to go on.
-      if (statusOf(err) === 404 && !signal?.aborted) return undefined;
+      // HEAD answers carry no error code: a 404 may mean the bucket is missing, which is no answer.
+      if (statusOf(err) === 404 && !signal?.aborted && (await this.bucketExists(key, signal))) return undefined;
       throw this.failure(err, signal, { action: "stat", key });
     }
   }
@@ -293,6 +294,16 @@ export class S3Store implements StoreInstance {
     if (info === undefined) throw notFound(this.failed("read", key));
     if (range.offset + (range.length ?? 0) > info.size) throw beyondEnd(key, range, `${info.size} bytes`);
     return Readable.from([]);
+  }
+
+  private async bucketExists(key: string, signal: AbortSignal | undefined): Promise<boolean> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: this.options.bucket }), { abortSignal: signal });
+      return true;
+    } catch (err) {
+      if (statusOf(err) === 404 && !signal?.aborted) throw bucketNotFound(this.failed("stat", key));
+      throw this.failure(err, signal, { action: "stat", key });
+    }
   }
 
   private failed(action: string, key?: string): Failed {
