@@ -8,7 +8,7 @@ import { StoreError } from "../../src/plugins/plugin-api.js";
 import { parseCidr, type Cidr } from "./address.js";
 
 /** At most this many redirects are followed, whatever the options say. */
-export const MAX_REDIRECTS = 5;
+const MAX_REDIRECTS = 5;
 
 /**
  * A host as the URL parser writes it (lower case, punycode, IP literals normalised), so
