@@ -2,12 +2,15 @@
  * The S3 endpoint the tests use (Swift's s3api, started by the test setup) and buckets of
  * their own on it. Tests reach it through the real AWS SDK; nothing here is mocked.
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
+import type { Readable } from "node:stream";
 import {
   AbortMultipartUploadCommand,
   CreateBucketCommand,
   DeleteBucketCommand,
   DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
   S3Client,
@@ -60,6 +63,25 @@ export async function createBucket(client: S3Client, prefix: string): Promise<st
   const bucket = `${prefix}-${randomBytes(4).toString("hex")}`;
   await client.send(new CreateBucketCommand({ Bucket: bucket }));
   return bucket;
+}
+
+/** The sha512 of an object, streamed; undefined when there is no such object. */
+export async function objectSha512(client: S3Client, bucket: string, key: string): Promise<string | undefined> {
+  if (!(await objectExists(client, bucket, key))) return undefined;
+  const { Body } = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  const hash = createHash("sha512");
+  for await (const chunk of Body as Readable) hash.update(chunk as Uint8Array);
+  return hash.digest("hex");
+}
+
+export async function objectExists(client: S3Client, bucket: string, key: string): Promise<boolean> {
+  try {
+    await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    return true;
+  } catch (err) {
+    if ((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return false;
+    throw err;
+  }
 }
 
 /** The multipart uploads under way in a bucket, as "key" strings. */
