@@ -1,0 +1,171 @@
+/**
+ * CopyImage between the filesystem, S3 and Swift stores in every direction that involves
+ * S3, through a real server: fs -> S3, S3 -> fs, S3 -> S3 (another bucket), S3 -> Swift and
+ * Swift -> S3. S3 is Swift's s3api; Swift is the same Swift through its own API. Each copy's
+ * bytes are read back from the store itself (the SDK for S3, Swift's API for Swift, the file
+ * for the filesystem) and checked against the image's sha512.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import * as fs from "node:fs/promises";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { S3Client } from "@aws-sdk/client-s3";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DiskFormat, ImageService, LocationStatus, type Image } from "../../src/gen/imagetransfer/v1/image_pb.js";
+import { TaskState } from "../../src/gen/imagetransfer/v1/task_pb.js";
+import { TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
+import { buildImage, buildSourceRaw, hashFile, MiB } from "../helpers/disk-images.js";
+import { createBucket, objectSha512, removeBucket, s3Client, s3StoreOptions } from "../helpers/s3.js";
+import { startTestService, type TestService } from "../helpers/service.js";
+import { uploadFile, watchToEnd } from "../helpers/transfer.js";
+
+let service: TestService;
+let s3: S3Client;
+let buckets: { a: string; b: string };
+let container: string;
+let swift: SwiftAccount;
+let work: string;
+let sha512: string;
+let qcow2: string;
+let transfer: Client<typeof TransferService>;
+let images: Client<typeof ImageService>;
+
+beforeAll(async () => {
+  s3 = s3Client();
+  buckets = { a: await createBucket(s3, "itx-copy-a"), b: await createBucket(s3, "itx-copy-b") };
+  swift = await swiftAccount();
+  container = `itx-copy-${randomBytes(4).toString("hex")}`;
+  work = await fs.mkdtemp(path.join(tmpdir(), "itx-copy-"));
+  const raw = await buildSourceRaw(path.join(work, "source.raw"), 8 * MiB);
+  qcow2 = await buildImage(raw, "qcow2", path.join(work, "source.qcow2"));
+  sha512 = (await hashFile(raw)).sha512;
+  service = await startTestService({
+    stores: [
+      { name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true },
+      { name: "s3a", plugin: "store-s3", options: s3StoreOptions(buckets.a, { partSize: 5 * MiB }) },
+      { name: "s3b", plugin: "store-s3", options: s3StoreOptions(buckets.b, { partSize: 5 * MiB }) },
+      { name: "swift", plugin: "store-swift", options: { ...swift.storeOptions, container, createContainer: true } },
+    ],
+  });
+  const transport = createGrpcTransport({ baseUrl: service.url });
+  transfer = createClient(TransferService, transport);
+  images = createClient(ImageService, transport);
+});
+
+afterAll(async () => {
+  await service?.stop();
+  for (const bucket of Object.values(buckets ?? {})) await removeBucket(s3, bucket);
+  if (swift && container) await swift.removeContainer(container);
+  s3?.destroy();
+  if (work) await fs.rm(work, { recursive: true, force: true });
+});
+
+/** Uploads the test image and imports it into `store` only; returns the ACTIVE image. */
+async function importInto(store: string): Promise<Image> {
+  const seedUri = await uploadFile(service.url, qcow2);
+  const { task, image } = await transfer.importImage({ seedUri, diskFormat: DiskFormat.QCOW2, stores: [store] });
+  const done = await watchToEnd(service.url, task!.id);
+  expect(done.state, JSON.stringify(done.error)).toBe(TaskState.SUCCEEDED);
+  return (await images.getImage({ id: image!.id })).image!;
+}
+
+async function copy(image: Image, stores: string[]): Promise<Image> {
+  const { task } = await transfer.copyImage({ imageId: image.id, stores, allStoresMustSucceed: true });
+  const done = await watchToEnd(service.url, task!.id);
+  expect(done.state, JSON.stringify(done.error)).toBe(TaskState.SUCCEEDED);
+  expect([...done.result!.storeUris].sort()).toEqual(stores.map((s) => uriIn(s, image.id)).sort());
+  return (await images.getImage({ id: image.id })).image!;
+}
+
+const SCHEMES: Record<string, string> = { local: "file", s3a: "s3", s3b: "s3", swift: "swift" };
+const uriIn = (store: string, imageId: string) => `${SCHEMES[store]}://${store}/images/${imageId}`;
+
+function activeStores(image: Image): string[] {
+  return image.locations.filter((l) => l.status === LocationStatus.ACTIVE).map((l) => l.store).sort();
+}
+
+/** The sha512 of the image's object as the store itself holds it. */
+async function storedSha512(store: string, imageId: string): Promise<string | undefined> {
+  const key = `images/${imageId}`;
+  if (store === "local") return (await hashFile(path.join(service.dataDir, "images", key))).sha512;
+  if (store === "s3a" || store === "s3b") return objectSha512(s3, store === "s3a" ? buckets.a : buckets.b, key);
+  return swift.objectSha512(container, key);
+}
+
+describe("CopyImage across stores", () => {
+  it("filesystem -> S3", async () => {
+    const image = await importInto("local");
+    const copied = await copy(image, ["s3a"]);
+    expect(activeStores(copied)).toEqual(["local", "s3a"]);
+    expect(await storedSha512("s3a", image.id)).toBe(sha512);
+  });
+
+  it("S3 -> filesystem, S3 -> S3 and S3 -> Swift, in one pass over the S3 copy", async () => {
+    const image = await importInto("s3a");
+    expect(activeStores(image)).toEqual(["s3a"]);
+    expect(await storedSha512("s3a", image.id)).toBe(sha512);
+    const copied = await copy(image, ["local", "s3b", "swift"]);
+    expect(activeStores(copied)).toEqual(["local", "s3a", "s3b", "swift"]);
+    for (const store of ["local", "s3b", "swift"]) expect(await storedSha512(store, image.id), store).toBe(sha512);
+  });
+
+  it("Swift -> S3", async () => {
+    const image = await importInto("swift");
+    expect(await storedSha512("swift", image.id)).toBe(sha512);
+    const copied = await copy(image, ["s3b"]);
+    expect(activeStores(copied)).toEqual(["s3b", "swift"]);
+    expect(await storedSha512("s3b", image.id)).toBe(sha512);
+  });
+});
+
+interface SwiftAccount {
+  storeOptions: Record<string, string>;
+  objectSha512(container: string, name: string): Promise<string | undefined>;
+  removeContainer(container: string): Promise<void>;
+}
+
+/**
+ * The test Swift through its own API (tempauth), from SWIFT_AUTH_URL, SWIFT_USER and
+ * SWIFT_KEY, independent of the store-swift plugin under test.
+ */
+async function swiftAccount(): Promise<SwiftAccount> {
+  const { SWIFT_AUTH_URL: authUrl, SWIFT_USER: user, SWIFT_KEY: key } = process.env;
+  if (!authUrl || !user || !key) {
+    throw new Error("SWIFT_AUTH_URL, SWIFT_USER and SWIFT_KEY not set: the test setup starts Swift (scripts/swift.sh) and sets them");
+  }
+  const auth = await fetch(authUrl, { headers: { "X-Auth-User": user, "X-Auth-Key": key } });
+  expect(auth.status, "Swift tempauth login").toBe(200);
+  const storageUrl = auth.headers.get("x-storage-url")!;
+  const headers = { "X-Auth-Token": auth.headers.get("x-auth-token")! };
+  // The store needs the account to have a Temp-URL-Key. One that is there already is kept,
+  // so tests that share this Swift never change it under each other.
+  const account = await fetch(storageUrl, { method: "HEAD", headers });
+  if (!account.headers.get("x-account-meta-temp-url-key")) {
+    const set = await fetch(storageUrl, { method: "POST", headers: { ...headers, "X-Account-Meta-Temp-URL-Key": randomBytes(32).toString("hex") } });
+    expect(set.status, "setting the account's Temp-URL-Key").toBe(204);
+  }
+  const objectUrl = (c: string, name: string) => `${storageUrl}/${c}/${name.split("/").map(encodeURIComponent).join("/")}`;
+  return {
+    storeOptions: { authUrl, user, key },
+    async objectSha512(c, name) {
+      const response = await fetch(objectUrl(c, name), { headers });
+      if (response.status === 404) return undefined;
+      expect(response.status).toBe(200);
+      const hash = createHash("sha512");
+      for await (const chunk of response.body!) hash.update(chunk);
+      return hash.digest("hex");
+    },
+    async removeContainer(c) {
+      for (const name of [c, `${c}_segments`]) {
+        const listing = await fetch(`${storageUrl}/${name}?format=json`, { headers });
+        if (listing.status === 404) continue;
+        for (const object of (await listing.json()) as Array<{ name: string }>) {
+          await fetch(objectUrl(name, object.name), { method: "DELETE", headers });
+        }
+        await fetch(`${storageUrl}/${name}`, { method: "DELETE", headers });
+      }
+    },
+  };
+}
