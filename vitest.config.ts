@@ -4,6 +4,8 @@ export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
     setupFiles: ["test/setup.ts"],
+    // Starts a real Swift (scripts/swift.sh) unless SWIFT_AUTH_URL names one; the first start installs packages.
+    globalSetup: ["test/global-setup.ts"],
     // Integration tests start servers and databases; two cores run two files at a time.
     maxWorkers: 2,
     testTimeout: 30_000,

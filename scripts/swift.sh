@@ -3,6 +3,12 @@
 #
 #   bash scripts/swift.sh start   installs what is missing, starts the servers; prints "started"
 #                                 on stdout, or "running" when ours are already up
+#   bash scripts/swift.sh start --for PID
+#                                 the same, for a test run (process PID) that shares Swift with
+#                                 other runs; a Swift that a test run started is stopped by
+#   bash scripts/swift.sh release PID
+#                                 when the last run using it releases it (a Swift started by
+#                                 hand is left running)
 #   bash scripts/swift.sh stop    stops the processes that `start` recorded, and only those
 #   bash scripts/swift.sh env     prints `export NAME=VALUE` lines for the tests and the S3 SDK
 #
@@ -32,6 +38,7 @@ S3_REGION=us-east-1
 CONF=$STATE/etc        # our server configs and rings (the servers' swift_dir)
 DEVICES=$STATE/srv     # one device, $DEVICES/d1, on a plain directory
 RUN=$STATE/run         # PID files of what we started
+USERS=$STATE/users     # one file per test run (its PID) using this Swift
 LOG=$STATE/log         # server output (servers log to syslog unless run with -v)
 PY=/usr/bin/python3    # Debian's python: a venv's python3 has no swift module
 
@@ -277,6 +284,12 @@ wait_healthy() {  # wait_healthy NAME PORT
 }
 
 start() {
+  local user=""
+  if [[ ${1:-} == --for ]]; then
+    user=${2:?start --for needs a PID}
+    mkdir -p "$USERS"
+    touch "$USERS/$user"
+  fi
   if alive proxy && alive account && alive container && alive object && alive memcached; then
     say "already running (proxy on $IP:$PROXY_PORT)"
     echo running
@@ -317,8 +330,21 @@ start() {
   token=$(printf '%s' "$headers" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-auth-token" { print $2 }')
   code=$(curl -sS -m 10 -o /dev/null -w '%{http_code}' -I -H "X-Auth-Token: $token" "http://$IP:$PROXY_PORT/v1/AUTH_$ACCOUNT")
   [[ $code == 2?? ]] || die "the account answered HEAD with $code"
+  [[ -z $user ]] || touch "$RUN/started-for-tests"
   say "ready on http://$IP:$PROXY_PORT (logs in $LOG)"
   echo started
+}
+
+release() {
+  local user=${1:?release needs the PID given to start --for} file
+  rm -f "$USERS/$user"
+  for file in "$USERS"/*; do
+    [[ -e $file ]] || continue
+    kill -0 "${file##*/}" 2>/dev/null && return 0 # another run still uses it
+    rm -f "$file"
+  done
+  [[ -e $RUN/started-for-tests ]] && stop
+  return 0
 }
 
 # Fields of /proc/PID/stat after "(comm)": 1 = state, 4 = session id.
@@ -363,17 +389,18 @@ stop_one() {
 stop() {
   local name
   for name in "${SERVERS[@]}"; do stop_one "$name"; done
+  rm -f "$RUN/started-for-tests"
 }
 
 mkdir -p "$STATE"
 case "${1:-}" in
-  start | stop)
-    # One start or stop at a time (several test runs may share the machine).
+  start | stop | release)
+    # One start, stop or release at a time (several test runs may share the machine).
     exec 9>"$STATE/lock"
     flock 9
     mkdir -p "$RUN" "$LOG"
-    "$1"
+    "$@"
     ;;
   env) print_env ;;
-  *) die "usage: $0 start|stop|env" ;;
+  *) die "usage: $0 start [--for PID] | release PID | stop | env" ;;
 esac
