@@ -105,18 +105,25 @@ function classify(err: unknown, failed: Failed): { kind: StoreErrorKind; reason:
   if (code === "NoSuchBucket") return { kind: "not-found", reason: noBucket(failed) };
   if (code === "NoSuchKey" || code === "NoSuchUpload" || status === 404) return { kind: "not-found", reason: `the object does not exist (${code})` };
   if (PERMISSION_CODES.has(code) || status === 401 || status === 403) {
-    return { kind: "permission", reason: `access denied (${code === "Unknown" ? `HTTP ${status}` : code}); check the store's credentials and the bucket's policy` };
+    return { kind: "permission", reason: `access denied (${code === "Unknown" || status === undefined ? answer(status, code) : code}); check the store's credentials and the bucket's policy` };
   }
   if (status === 501) {
     // Some S3-compatible servers (Swift's s3api among them) refuse the SDK's chunked checksum uploads.
     return { kind: "invalid", reason: `the server does not implement this request (HTTP 501 ${code}); with S3-compatible servers set the store's checksumMode to WHEN_REQUIRED` };
   }
-  if (UNAVAILABLE_CODES.has(code) || status === 429 || (status !== undefined && status >= 500)) {
-    return { kind: "unavailable", reason: `the service is unavailable or busy (${status === undefined ? code : `HTTP ${status} ${code}`}); try again later` };
-  }
+  // Node's code first: the SDK names a reset connection a TimeoutError.
   if (status === undefined && typeof sdk?.code === "string" && NETWORK_CODES.has(sdk.code)) {
-    return { kind: "unavailable", reason: `the endpoint cannot be reached (${sdk.code})` };
+    return { kind: "unavailable", reason: `the connection to the endpoint failed (${sdk.code})` };
+  }
+  if (UNAVAILABLE_CODES.has(code) || status === 429 || (status !== undefined && status >= 500)) {
+    return { kind: "unavailable", reason: `the service is unavailable or busy (${answer(status, code)}); try again later` };
   }
   const detail = typeof sdk?.message === "string" && sdk.message !== "" && sdk.message !== "UnknownError" ? `: ${sdk.message.slice(0, 300)}` : "";
-  return { kind: "invalid", reason: `${status === undefined ? code : `HTTP ${status} ${code}`}${detail}` };
+  return { kind: "invalid", reason: `${answer(status, code)}${detail}` };
+}
+
+/** "HTTP 503 SlowDown"; answers without a body (HEAD) have only their status. */
+function answer(status: number | undefined, code: string): string {
+  if (status === undefined) return code;
+  return code === "Unknown" ? `HTTP ${status}` : `HTTP ${status} ${code}`;
 }
