@@ -166,7 +166,8 @@ export class S3Store implements StoreInstance {
     signal?.addEventListener("abort", onAbort, { once: true });
 
     // Parts above partSize go up as a multipart upload, which is visible only once completed;
-    // lib-storage aborts it when the write fails, so no parts are left behind.
+    // lib-storage aborts it when the write fails, so no parts are left behind (unless the
+    // abort cannot reach the endpoint either: then removePartialWrites clears them later).
     const upload = new Upload({
       client,
       params: { Bucket: this.options.bucket, Key: key, Body: body },
