@@ -4,3 +4,4 @@
  * "imagetransfer/plugin-api" before any host loads it.
  */
 export { ABORT_DEADLINE_MS, runStoreConformance, type StoreConformanceOptions } from "./store-conformance.js";
+export { runConverterConformance, type Conversion, type ConverterConformanceOptions } from "./converter-conformance.js";
