@@ -115,7 +115,7 @@ async function convert(job: ConversionJob): Promise<void> {
         // A failing progress callback must not break the conversion (nor crash the process).
       }
     };
-    await runQemuImg("convert", args, { signal, onStdout: progressParser(report) });
+    await runQemuImg("convert", args, { signal, onStdout: progressParser(report), limits: CONVERT_LIMITS });
     report(100);
   } catch (err) {
     await fs.rm(job.outputPath, { force: true }).catch(() => {});
@@ -129,7 +129,7 @@ async function describe(file: string, format: FormatName, options?: CallOptions)
   const stdout = await runQemuImg("info", ["info", "--output=json", "-f", qemuFormat, path.resolve(file)], {
     signal: options?.signal,
     collectStdout: true,
-    limited: true,
+    limits: HEADER_LIMITS,
   });
   let info: QemuImgInfo;
   try {
@@ -167,7 +167,7 @@ async function measure(file: string, from: FormatName, to: FormatName, options?:
   const stdout = await runQemuImg("measure", ["measure", "--output=json", "-f", qemuFrom, "-O", to, path.resolve(file)], {
     signal: options?.signal,
     collectStdout: true,
-    limited: true,
+    limits: HEADER_LIMITS,
   });
   const required = (JSON.parse(stdout) as { required?: unknown }).required;
   return typeof required === "number" && Number.isSafeInteger(required) ? required : undefined;
@@ -181,13 +181,29 @@ interface QemuImgInfo {
   "format-specific"?: { data?: { "data-file"?: unknown; extents?: Array<{ filename?: unknown }> } };
 }
 
+/** Resource limits qemu-img runs under, through prlimit. */
+interface Limits {
+  cpuSeconds?: number;
+  addressSpaceBytes?: number;
+  /** RLIMIT_DATA: heap and writable private mappings, i.e. memory actually used (not reserved). */
+  dataBytes?: number;
+}
+
+/**
+ * info and measure: 30 s of CPU and 1 GiB of address space. Parsing a hostile header must
+ * not be able to exhaust the host, as OpenStack limits its qemu-img info too.
+ */
+const HEADER_LIMITS: Limits = { cpuSeconds: 30, addressSpaceBytes: 1024 ** 3 };
+/**
+ * convert: 1 GiB of data memory (it needs tens of MiB). No CPU limit: its CPU time grows with
+ * the disk, and the task's wall-clock limit bounds it. No address-space limit either: glibc's
+ * per-thread arenas reserve address space by the core count (a 1 GiB cap broke vmdk output here).
+ */
+const CONVERT_LIMITS: Limits = { dataBytes: 1024 ** 3 };
+
 interface RunOptions {
   signal?: AbortSignal;
-  /**
-   * Runs under prlimit (30 s of CPU, 1 GiB of address space): parsing a hostile header
-   * must not be able to exhaust the host, as OpenStack limits its qemu-img info too.
-   */
-  limited?: boolean;
+  limits?: Limits;
   onStdout?(chunk: string): void;
   collectStdout?: boolean;
 }
@@ -205,8 +221,19 @@ function runQemuImg(subcommand: string, args: string[], options: RunOptions): Pr
       return;
     }
     const failed = (detail: string) => new Error(`qemu-img ${subcommand} failed: ${detail}`);
-    const [command, commandArgs] = options.limited
-      ? ["prlimit", ["--cpu=30", `--as=${1024 ** 3}`, "--", QEMU_IMG, ...args]]
+    const { limits } = options;
+    const [command, commandArgs] = limits
+      ? [
+          "prlimit",
+          [
+            ...(limits.cpuSeconds ? [`--cpu=${limits.cpuSeconds}`] : []),
+            ...(limits.addressSpaceBytes ? [`--as=${limits.addressSpaceBytes}`] : []),
+            ...(limits.dataBytes ? [`--data=${limits.dataBytes}`] : []),
+            "--",
+            QEMU_IMG,
+            ...args,
+          ],
+        ]
       : [QEMU_IMG, args];
     const child = spawn(command, commandArgs, { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";

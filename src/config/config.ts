@@ -37,7 +37,9 @@ export const configSchema = z
     /** Largest image accepted, in bytes, as uploaded and as stored. */
     maxImageBytes: z.number().int().min(1).default(1024 ** 4),
     /** Largest virtual disk size accepted, in bytes. */
-    maxVirtualBytes: z.number().int().min(1).default(16 * 1024 ** 4),
+    maxVirtualBytes: z.number().int().min(1).default(1024 ** 4),
+    /** Wall-clock limit of one import or export attempt; past it the task fails with TASK_TIMEOUT. */
+    taskTimeoutSeconds: z.number().min(1).default(6 * 3600),
     /** Default lifetime of temporary upload and download URLs. */
     urlTtlSeconds: z.number().int().min(1).max(7 * 24 * 3600).default(3600),
     /** The base of the service's own temporary URLs as clients reach it; default the listener's URL. */

@@ -37,15 +37,19 @@ export function assessUpload(report: InspectionReport, options: { declared?: str
   return undefined;
 }
 
-/** The backstop after conversion: the output must be exactly the runtime format, with nothing found. */
-export function assessConverted(report: InspectionReport, runtimeFormat: "raw" | "qcow2"): Refusal | undefined {
-  const accepted: readonly InspectedFormat[] = runtimeFormat === "raw" ? ["raw", "gpt", "mbr", "iso"] : ["qcow2"];
+/**
+ * The backstop after conversion (import to the runtime format, export to the requested one):
+ * the output must be exactly `format`, with nothing found. A raw output is the guest's disk,
+ * which may itself carry a partition table or an ISO 9660 volume.
+ */
+export function assessConverted(report: InspectionReport, format: string): Refusal | undefined {
+  const accepted: readonly InspectedFormat[] = format === "raw" ? ["raw", "gpt", "mbr", "iso"] : (ACCEPTS[format] ?? []);
   const problems = [
     ...(accepted.includes(report.format) ? [] : [`its data is ${report.format}`]),
     ...report.findings.map(describe),
   ];
   if (problems.length === 0) return undefined;
-  return { reason: "CONVERTED_IMAGE_UNSAFE", message: `the image converted to ${runtimeFormat} failed inspection: ${problems.join("; ")}` };
+  return { reason: "CONVERTED_IMAGE_UNSAFE", message: `the image converted to ${format} failed inspection: ${problems.join("; ")}` };
 }
 
 function refusal(findings: Finding[]): Refusal {

@@ -77,6 +77,11 @@ class CapturedRegion implements Region {
     private readonly overLimit: boolean,
   ) {}
 
+  /** Asked for but not kept (over the memory bound): no bytes of it are wanted. */
+  get refused(): boolean {
+    return this.overLimit;
+  }
+
   get bytes(): Uint8Array | undefined {
     return this.complete ? (this.buffer ?? new Uint8Array(0)) : undefined;
   }
@@ -119,6 +124,8 @@ export class ImageInspector {
   private readonly regions: CapturedRegion[] = [];
   private regionBytes = 0;
   private position = 0;
+  /** Where the last skip ended: the tail is only whole if at least TAIL_BYTES were fed since. */
+  private skippedTo = 0;
   private headRead = false;
   private report: InspectionReport | undefined;
 
@@ -140,6 +147,35 @@ export class ImageInspector {
     });
   }
 
+  /**
+   * For a caller that can seek (a local file): the next offset, at or after the current
+   * position, whose bytes the inspector needs from an image of `size` bytes: the head, a
+   * region a detector asked for, or the tail. Bytes before it may be skipped with `skipTo`.
+   */
+  nextWanted(size: number): number {
+    if (!this.headRead) return this.position;
+    const tailStart = Math.max(this.position, size - TAIL_BYTES);
+    let next = tailStart;
+    for (const region of this.regions) {
+      const end = region.offset + region.length;
+      if (!region.refused && end > this.position) next = Math.min(next, Math.max(region.offset, this.position));
+    }
+    return next;
+  }
+
+  /** Moves past bytes no detector needs (see `nextWanted`); the last TAIL_BYTES must still be fed. */
+  skipTo(offset: number): void {
+    if (this.report) throw new InspectionError("the inspector has finished; it takes no more bytes");
+    if (!this.headRead || !Number.isSafeInteger(offset) || offset < this.position) {
+      throw new InspectionError("the inspector can skip only forward, after the head");
+    }
+    if (this.regions.some((r) => r.offset < offset && r.offset + r.length > this.position && !r.refused)) {
+      throw new InspectionError("the inspector cannot skip bytes a detector asked for");
+    }
+    this.position = offset;
+    this.skippedTo = offset;
+  }
+
   /** Bytes held now (head, tail and captured regions): never more than MAX_RETAINED_BYTES. */
   get retainedBytes(): number {
     return this.head.length + this.tail.length + this.regions.reduce((sum, r) => sum + r.retained, 0);
@@ -151,6 +187,9 @@ export class ImageInspector {
     this.report = guarded(() => {
       if (!this.headRead) this.readHead();
       const size = this.position;
+      if (this.skippedTo > 0 && size - this.skippedTo < Math.min(size, TAIL_BYTES)) {
+        throw new InspectionError("the inspector was not fed the image's last bytes after a skip");
+      }
       for (const region of this.regions) region.end(size);
       const end: EndView = { head: this.head.subarray(0, Math.min(size, HEAD_BYTES)), tail: this.tailBytes(), size };
       const detections = new Map<InspectedFormat, Detection>();

@@ -3,7 +3,7 @@
 import * as fs from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import {
   assessUpload,
   ImageInspector,
@@ -75,6 +75,18 @@ describe("the corpus", () => {
       }
     });
   }
+});
+
+describe("the inspector on large virtual disks", () => {
+  it("agrees with qemu-img on a 2 TiB qcow2 (and raises no finding: the cap is the pipeline's)", async () => {
+    const file = path.join(dir, "two-tib.qcow2");
+    await qemuImg(["create", "-f", "qcow2", file, "2T"]);
+    const report = inspect(await fs.readFile(file), 64 * 1024);
+    expect(report.findings).toEqual([]);
+    const info = JSON.parse(await qemuImg(["info", "--output=json", "-f", "qcow2", file])) as { "virtual-size": number };
+    expect(report.virtualSize).toBe(info["virtual-size"]);
+    expect(assessUpload(report, { declared: "qcow2", maxVirtualBytes: 1024 ** 4 })?.reason).toBe("VIRTUAL_SIZE_TOO_LARGE");
+  });
 });
 
 describe("the inspector on hand-made bytes", () => {

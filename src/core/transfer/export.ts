@@ -6,6 +6,8 @@ import { pickStore, resolveStoreUri, storeUri, type StoreObject } from "../store
 import { convert } from "./convert.js";
 import { exportKey, type Executor, type TransferEnvironment } from "./environment.js";
 import { taskFailure } from "./failure.js";
+import { withDeadline } from "./deadline.js";
+import { refuseConverted } from "./inspection.js";
 import { downloadToFile, fanOut, fileChunks } from "./streams.js";
 
 export interface ExportInput {
@@ -14,8 +16,9 @@ export interface ExportInput {
 }
 
 /**
- * Export: convert an active image to the requested format and write it to a store.
- * An export of the same image and format already in that store is reused.
+ * Export: convert an active image to the requested format, inspect the result (it must be
+ * exactly that format, with nothing found) and write it to a store. An export of the same
+ * image and format already in that store is reused. Past taskTimeoutSeconds the task fails.
  */
 export const runExport: Executor = async (run, env) => {
   const input = run.task.input as unknown as ExportInput;
@@ -30,20 +33,19 @@ export const runExport: Executor = async (run, env) => {
 
   const source = storedCopy(env, image);
   const sourcePath = join(run.workDir, "source");
-  await fetchVerified(source, image, sourcePath, run.signal, (done) => run.progress("fetching", done, image.size));
-  const exportPath = join(run.workDir, "export");
-  await convert(
-    env,
-    { from: image.diskFormat ?? env.config.runtimeFormat, to: input.diskFormat, inputPath: sourcePath, outputPath: exportPath, signal: run.signal },
-    { bytesTotal: image.virtualSize, report: (done, total) => run.progress("converting", done, total) },
-  );
-  const size = (await stat(exportPath)).size;
-  const [outcome] = (
-    await fanOut(fileChunks(exportPath, run.signal), [{ store: target.name, instance: target.instance, key }], {
-      signal: run.signal,
-      onBytes: (done) => run.progress("storing", done, size),
-    })
-  ).outcomes;
+  const [outcome] = await withDeadline(run, env.config.taskTimeoutSeconds, "export", async (signal) => {
+    await fetchVerified(source, image, sourcePath, signal, (done) => run.progress("fetching", done, image.size));
+    const exportPath = join(run.workDir, "export");
+    await convert(
+      env,
+      { from: image.diskFormat ?? env.config.runtimeFormat, to: input.diskFormat, inputPath: sourcePath, outputPath: exportPath, signal },
+      { bytesTotal: image.virtualSize, report: (done, total) => run.progress("converting", done, total) },
+    );
+    await refuseConverted(exportPath, input.diskFormat, signal);
+    const size = (await stat(exportPath)).size;
+    const lane = { store: target.name, instance: target.instance, key };
+    return (await fanOut(fileChunks(exportPath, signal), [lane], { signal, onBytes: (done) => run.progress("storing", done, size) })).outcomes;
+  });
   if (outcome!.status === "rejected") {
     throw taskFailure("STORE_FAILED", `could not write the export to ${target.name}: ${(outcome!.reason as Error).message}`);
   }

@@ -1,16 +1,19 @@
 import { createHash, type Hash } from "node:crypto";
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
-import { detectFormat } from "../../inspect/detect.js";
+import { ImageInspector } from "../../inspect/index.js";
 import { isStoreError } from "../../plugins/plugin-api.js";
 import type { DiskFormat, ImageLocation } from "../image.js";
-import { resolveStoreUri, pickStore, storeUri } from "../store-uri.js";
+import { resolveStoreUri, pickStore, storeUri, type StoreObject } from "../store-uri.js";
+import { isDomainError } from "../errors.js";
 import type { TaskResult } from "../task.js";
 import { whileUnavailable } from "../retry.js";
 import { convert, describeImage, measureConversion } from "./convert.js";
-import { imageKey, isHandover, type Executor } from "./environment.js";
+import { withDeadline } from "./deadline.js";
+import { imageKey, isHandover, type Executor, type TaskRun, type TransferEnvironment } from "./environment.js";
 import { taskFailure } from "./failure.js";
-import { downloadToFile, fanOut, fileChunks, readHeadAndTail, type StoreTarget } from "./streams.js";
+import { refuseConverted, refuseUpload, sourceFormat } from "./inspection.js";
+import { downloadToFile, fanOut, fileChunks, type StoreTarget } from "./streams.js";
 
 /** What ImportImage records on the task for the worker. */
 export interface ImportInput {
@@ -22,12 +25,15 @@ export interface ImportInput {
 }
 
 /**
- * Import: fetch the seed object into the work dir (checking the caller's hash on the
- * way), inspect it, convert it to the runtime format, then write it to every
- * destination store while hashing it. On any failure the image is killed and nothing
- * the import wrote is left behind.
+ * Import: fetch the seed object into the work dir (checking the caller's hash and
+ * inspecting its format on the way), refuse it if the inspector found anything, convert
+ * it to the runtime format, inspect the result again, then write it to every destination
+ * store while hashing it. On any failure (or past taskTimeoutSeconds) the image is killed
+ * and nothing the import wrote is left behind.
  */
-export const runImport: Executor = async (run, env) => {
+export const runImport: Executor = (run, env) => withDeadline(run, env.config.taskTimeoutSeconds, "import", (signal) => importImage(run, env, signal));
+
+async function importImage(run: TaskRun, env: TransferEnvironment, signal: AbortSignal): Promise<TaskResult> {
   const input = run.task.input as unknown as ImportInput;
   const imageId = run.task.imageId;
   const { config, stores } = env;
@@ -37,42 +43,43 @@ export const runImport: Executor = async (run, env) => {
   if (image?.status === "active") {
     return { imageId, storeUris: image.locations.filter((l) => l.status === "active").map((l) => l.uri) };
   }
+  let source: StoreObject | undefined;
   try {
     // fetching
-    const source = resolveStoreUri(stores, input.seedUri, config.region);
-    const info = await source.store.instance.stat(source.key, { signal: run.signal });
+    source = resolveStoreUri(stores, input.seedUri, config.region);
+    const info = await source.store.instance.stat(source.key, { signal });
     if (!info) throw taskFailure("SOURCE_NOT_FOUND", `nothing was uploaded to ${input.seedUri}`);
     if (info.size > config.maxImageBytes) {
       throw taskFailure("IMAGE_TOO_LARGE", `the upload is ${info.size} bytes; the limit is ${config.maxImageBytes}`);
     }
     const sourcePath = join(run.workDir, "source");
     const expected: Hash | undefined = input.expectedHash && createHash(input.expectedHash.algorithm);
+    const inspector = new ImageInspector();
     run.progress("fetching", 0, info.size);
     await downloadToFile(source.store.instance, source.key, sourcePath, {
-      signal: run.signal,
+      signal,
       maxBytes: config.maxImageBytes,
       hashes: expected ? [expected] : [],
       onBytes: (done) => run.progress("fetching", done, info.size),
+      onChunk: (chunk) => inspector.write(chunk),
     });
     if (input.expectedHash && expected!.digest("hex") !== input.expectedHash.value) {
       throw taskFailure("CHECKSUM_MISMATCH", `the upload's ${input.expectedHash.algorithm} is not the expected ${input.expectedHash.value}`);
     }
 
-    // inspecting
-    const size = (await stat(sourcePath)).size;
+    // inspecting: the inspector's verdict first, then qemu-img's own reading of the header as a second layer.
+    const report = inspector.finish();
+    const size = report.size;
     run.progress("inspecting", 0, size);
-    const { head, tail } = await readHeadAndTail(sourcePath, size);
-    const detected = detectFormat(head, tail, size);
-    if (input.diskFormat && input.diskFormat !== detected.format) {
-      throw taskFailure("FORMAT_MISMATCH", `the image was declared ${input.diskFormat} but its data is ${detected.format}`);
-    }
-    const description = await describeImage(env, sourcePath, detected.format, run.signal);
-    const virtualSize = description?.virtualSize ?? detected.virtualSize ?? size;
+    refuseUpload(report, input.diskFormat, config.maxVirtualBytes);
+    const format = sourceFormat(report);
+    const description = await describeImage(env, sourcePath, format, signal);
+    const virtualSize = description?.virtualSize ?? report.virtualSize ?? size;
     if (virtualSize > config.maxVirtualBytes) {
       throw taskFailure("VIRTUAL_SIZE_TOO_LARGE", `the disk's virtual size ${virtualSize} exceeds the limit of ${config.maxVirtualBytes}`);
     }
     // Refuse before converting, not after: a raw copy is as large as the disk; others are measured.
-    const measured = config.runtimeFormat === "raw" ? virtualSize : await measureConversion(env, sourcePath, detected.format, config.runtimeFormat, run.signal);
+    const measured = config.runtimeFormat === "raw" ? virtualSize : await measureConversion(env, sourcePath, format, config.runtimeFormat, signal);
     if (measured !== undefined && measured > config.maxImageBytes) {
       throw taskFailure("IMAGE_TOO_LARGE", `stored as ${config.runtimeFormat} the image would be ${measured} bytes; the limit is ${config.maxImageBytes}`);
     }
@@ -82,9 +89,10 @@ export const runImport: Executor = async (run, env) => {
     const runtimePath = join(run.workDir, "runtime");
     await convert(
       env,
-      { from: detected.format, to: config.runtimeFormat, inputPath: sourcePath, outputPath: runtimePath, signal: run.signal },
+      { from: format, to: config.runtimeFormat, inputPath: sourcePath, outputPath: runtimePath, signal },
       { bytesTotal: virtualSize, report: (done, total) => run.progress("converting", done, total) },
     );
+    await refuseConverted(runtimePath, config.runtimeFormat, signal);
 
     // storing
     const targets = (input.stores.length > 0 ? input.stores : [""]).map((name) => {
@@ -95,8 +103,8 @@ export const runImport: Executor = async (run, env) => {
     if (runtimeSize > config.maxImageBytes) {
       throw taskFailure("IMAGE_TOO_LARGE", `converted to ${config.runtimeFormat} the image is ${runtimeSize} bytes; the limit is ${config.maxImageBytes}`);
     }
-    const stored = await fanOut(fileChunks(runtimePath, run.signal), targets, {
-      signal: run.signal,
+    const stored = await fanOut(fileChunks(runtimePath, signal), targets, {
+      signal,
       onBytes: (done) => run.progress("storing", done, runtimeSize),
     });
     const locations: ImageLocation[] = [];
@@ -108,7 +116,7 @@ export const runImport: Executor = async (run, env) => {
       else failed.push(target.store);
       locations.push({ store: target.store, uri: storeUri(store, target.key), status: outcome.status === "fulfilled" ? "active" : "error" });
     });
-    run.signal.throwIfAborted();
+    signal.throwIfAborted();
     if (written.length === 0 || (input.allStoresMustSucceed && failed.length > 0)) {
       const reasons = stored.outcomes.flatMap((o, i) => (o.status === "rejected" ? [`${targets[i]!.store}: ${errorText(o.reason)}`] : []));
       throw taskFailure("STORE_FAILED", `could not store the image in ${failed.join(", ")}: ${reasons.join("; ")}`);
@@ -129,11 +137,8 @@ export const runImport: Executor = async (run, env) => {
         osHashValue: stored.sha512,
         locations,
       },
-    }), run.signal);
-    // An upload staged through a temporary URL has served its purpose; a customer's own object stays.
-    if (source.store.isStaging && source.key.startsWith("uploads/")) {
-      await source.store.instance.delete(source.key).catch((err) => env.logger.warn({ err: String(err), uri: input.seedUri }, "could not remove staged upload"));
-    }
+    }), signal);
+    await removeStagedUpload(env, source);
     const result: TaskResult = { imageId, storeUris: locations.filter((l) => l.status === "active").map((l) => l.uri) };
     return failed.length > 0 ? { ...result, failedStores: failed } : result;
   } catch (err) {
@@ -144,9 +149,20 @@ export const runImport: Executor = async (run, env) => {
     await whileUnavailable(() => env.repository.updateImage(imageId, { expect: ["importing", "queued", "uploading"], status: "killed" }), run.signal).catch(
       () => undefined,
     );
+    // Data the inspector refused can never be imported: a staged copy of it goes too.
+    if (source && isDomainError(err) && REFUSED_DATA.has(err.reason)) await removeStagedUpload(env, source);
     throw err;
   }
-};
+}
+
+/** Task error reasons that mean the uploaded bytes themselves are unsafe or broken. */
+const REFUSED_DATA = new Set(["UNSAFE_IMAGE", "INVALID_IMAGE"]);
+
+/** An upload staged through a temporary URL has served its purpose; a customer's own object stays. */
+async function removeStagedUpload(env: TransferEnvironment, source: StoreObject): Promise<void> {
+  if (!source.store.isStaging || !source.key.startsWith("uploads/")) return;
+  await source.store.instance.delete(source.key).catch((err) => env.logger.warn({ err: String(err), uri: source.uri }, "could not remove staged upload"));
+}
 
 function errorText(err: unknown): string {
   return isStoreError(err) || err instanceof Error ? err.message : String(err);

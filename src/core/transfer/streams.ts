@@ -1,6 +1,5 @@
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { open } from "node:fs/promises";
 import { PassThrough, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ObjectInfo, StoreInstance } from "../../plugins/plugin-api.js";
@@ -9,8 +8,17 @@ import { taskFailure } from "./failure.js";
 /** Chunks read from local files: large enough that per-chunk costs vanish, small enough to bound memory. */
 export const CHUNK_BYTES = 1024 * 1024;
 
+/** What a meter does with the bytes passing through it. */
+export interface MeterOptions {
+  hashes?: Hash[];
+  maxBytes?: number;
+  onBytes?: (done: number) => void;
+  /** Sees every chunk in order (the format inspector). */
+  onChunk?: (chunk: Buffer) => void;
+}
+
 /** Counts bytes as they pass, feeds them to hashes, and stops the stream past `maxBytes`. */
-export function meter(options: { hashes?: Hash[]; maxBytes?: number; onBytes?: (done: number) => void }): Transform {
+export function meter(options: MeterOptions): Transform {
   let done = 0;
   return new Transform({
     transform(chunk: Buffer, _encoding, callback) {
@@ -19,6 +27,11 @@ export function meter(options: { hashes?: Hash[]; maxBytes?: number; onBytes?: (
         return callback(taskFailure("IMAGE_TOO_LARGE", `the image is larger than the limit of ${options.maxBytes} bytes`));
       }
       for (const hash of options.hashes ?? []) hash.update(chunk);
+      try {
+        options.onChunk?.(chunk);
+      } catch (err) {
+        return callback(err as Error);
+      }
       options.onBytes?.(done);
       callback(null, chunk);
     },
@@ -30,7 +43,7 @@ export async function downloadToFile(
   instance: StoreInstance,
   key: string,
   path: string,
-  options: { signal: AbortSignal; maxBytes?: number; hashes?: Hash[]; onBytes?: (done: number) => void },
+  options: MeterOptions & { signal: AbortSignal },
 ): Promise<void> {
   const source = await instance.read(key, { signal: options.signal });
   await pipeline(source, meter(options), createWriteStream(path), { signal: options.signal });
@@ -117,18 +130,4 @@ function drained(stream: PassThrough): Promise<void> {
 /** A local file as a fan-out source. */
 export function fileChunks(path: string, signal: AbortSignal): AsyncIterable<Buffer> {
   return createReadStream(path, { highWaterMark: CHUNK_BYTES, signal });
-}
-
-/** Reads the first and last bytes of a file, which is all format detection needs. */
-export async function readHeadAndTail(path: string, size: number): Promise<{ head: Buffer; tail: Buffer }> {
-  const file = await open(path, "r");
-  try {
-    const head = Buffer.alloc(Math.min(size, 64 * 1024));
-    await file.read(head, 0, head.length, 0);
-    const tail = Buffer.alloc(Math.min(size, 512));
-    await file.read(tail, 0, tail.length, size - tail.length);
-    return { head, tail };
-  } finally {
-    await file.close();
-  }
 }

@@ -78,8 +78,8 @@ function inspect(head: Bytes, cluster: Region | undefined, fileSize: number): De
   const snapshots = u32(head, 60, false)!;
   const snapshotsOffset = u64(head, 64, false)!;
   if (l1Size * 8 > MAX_L1_BYTES) bad(`L1 table of ${l1Size} entries exceeds ${MAX_L1_BYTES / 8}`);
-  // Each L1 entry maps one L2 table of clusterSize/8 entries (or /16 with extended L2 entries; this checks the weaker bound).
-  const perL1 = (BigInt(clusterSize) * BigInt(clusterSize)) / 16n;
+  // Each L1 entry maps one L2 table of clusterSize/8 entries of one cluster each (fewer with extended L2 entries: this is the lenient bound).
+  const perL1 = (BigInt(clusterSize) * BigInt(clusterSize)) / 8n;
   if (BigInt(l1Size) * perL1 < virtualSize) bad(`L1 table of ${l1Size} entries cannot map a disk of ${virtualSize} bytes`);
   if (l1Size > 0 && (l1Offset === 0n || !aligned(l1Offset))) bad(`L1 table offset ${l1Offset} is not a cluster boundary`);
   if (refcountOffset === 0n || !aligned(refcountOffset)) bad(`refcount table offset ${refcountOffset} is not a cluster boundary`);
