@@ -2,8 +2,10 @@
  * The S3 endpoint the tests use (Swift's s3api, started by the test setup) and buckets of
  * their own on it. Tests reach it through the real AWS SDK; nothing here is mocked.
  */
+import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
+import { promisify } from "node:util";
 import {
   AbortMultipartUploadCommand,
   CreateBucketCommand,
@@ -102,4 +104,10 @@ export async function removeBucket(client: S3Client, bucket: string): Promise<vo
     if (!page.IsTruncated && !uploads.IsTruncated) break;
   }
   await client.send(new DeleteBucketCommand({ Bucket: bucket }));
+}
+
+/** Runs curl as the holder of a presigned URL would, and returns the HTTP status it got. */
+export async function curl(args: string[]): Promise<string> {
+  const { stdout } = await promisify(execFile)("curl", ["-sS", "-w", "%{http_code}", ...args], { encoding: "utf8" });
+  return stdout.trim();
 }

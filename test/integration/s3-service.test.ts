@@ -4,7 +4,6 @@
  * the service hands out. Covers the four steps through S3, and the task errors of S3 stores
  * with wrong credentials or a missing bucket.
  */
-import { execFileSync } from "node:child_process";
 import * as fs from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
@@ -16,7 +15,7 @@ import { DiskFormat, ImageService, ImageStatus, LocationStatus } from "../../src
 import { TaskState, type Task } from "../../src/gen/imagetransfer/v1/task_pb.js";
 import { TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
 import { buildImage, buildSourceRaw, hashFile, MiB, qemuCompare, type FileHashes } from "../helpers/disk-images.js";
-import { createBucket, objectExists, objectSha512, removeBucket, s3Client, s3Endpoint, s3StoreOptions } from "../helpers/s3.js";
+import { createBucket, curl, objectExists, objectSha512, removeBucket, s3Client, s3Endpoint, s3StoreOptions } from "../helpers/s3.js";
 import { startTestService, type TestService } from "../helpers/service.js";
 import { watchToEnd } from "../helpers/transfer.js";
 
@@ -57,16 +56,12 @@ afterAll(async () => {
   if (work) await fs.rm(work, { recursive: true, force: true });
 });
 
-/** Runs curl and returns the HTTP status it got. */
-function curl(args: string[]): string {
-  return execFileSync("curl", ["-sS", "-w", "%{http_code}", ...args], { encoding: "utf8" }).trim();
-}
 
 /** Uploads the qcow2 through a presigned URL from CreateUploadUrl; returns the seed URI. */
 async function stage(): Promise<string> {
   const { url, method, seedUri } = await transfer.createUploadUrl({});
   expect(method).toBe("PUT");
-  expect(curl(["-o", "/dev/null", "-T", sourceQcow2, url])).toBe("200");
+  expect(await curl(["-o", "/dev/null", "-T", sourceQcow2, url])).toBe("200");
   return seedUri;
 }
 
@@ -84,7 +79,7 @@ describe("the four steps through S3", () => {
     expect(signed.pathname).toMatch(new RegExp(`^/${bucket}/uploads/`));
     expect(signed.searchParams.get("X-Amz-Algorithm")).toBe("AWS4-HMAC-SHA256");
     expect(seedUri).toMatch(/^s3:\/\/s3\/uploads\/[0-9a-f-]+$/);
-    expect(curl(["-o", "/dev/null", "-T", sourceQcow2, url])).toBe("200");
+    expect(await curl(["-o", "/dev/null", "-T", sourceQcow2, url])).toBe("200");
 
     // 2. Import: an ACTIVE raw image in the S3 store, the staged upload removed.
     const { task, imageId } = await importAndWatch(seedUri);
@@ -106,7 +101,7 @@ describe("the four steps through S3", () => {
     const download = await transfer.createDownloadUrl({ imageId, diskFormat: DiskFormat.VMDK });
     expect(download.uri).toBe(`s3://s3/exports/${imageId}.vmdk`);
     const out = path.join(work, "downloaded.vmdk");
-    expect(curl(["-o", out, download.url])).toBe("200");
+    expect(await curl(["-o", out, download.url])).toBe("200");
     expect((await fs.stat(out)).size).toBe(Number(download.size));
     expect(await qemuCompare(out, "vmdk", sourceRaw, "raw")).toEqual({ code: 0, output: "Images are identical." });
   });

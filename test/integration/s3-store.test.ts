@@ -4,7 +4,6 @@
  * missing bucket, an upload removed under a writer), stale upload removal, temporary URLs
  * used with curl, and memory held by a streaming write. Checked with a separate SDK client.
  */
-import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -15,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import plugin from "../../plugins/store-s3/index.js";
 import { isStoreError, type StoreDriver, type StoreErrorKind, type StoreInstance } from "../../src/plugins/plugin-api.js";
 import { registerPlugin } from "../helpers/register-plugin.js";
-import { createBucket, multipartUploads, removeBucket, s3Client, s3StoreOptions } from "../helpers/s3.js";
+import { createBucket, curl, multipartUploads, removeBucket, s3Client, s3StoreOptions } from "../helpers/s3.js";
 
 const MiB = 1024 * 1024;
 const PART = 5 * MiB;
@@ -237,10 +236,10 @@ describe("temporary URLs with curl", () => {
     const back = path.join(work, "download.bin");
     await fs.writeFile(file, randomBytes(3 * MiB + 5));
     const put = await store.presign!("uploads/curl.bin", { method: "PUT", expiresInSeconds: 300 });
-    expect(curl(["-T", file, put.url])).toBe("200");
+    expect(await curl(["-T", file, put.url])).toBe("200");
     expect(await store.stat("uploads/curl.bin")).toMatchObject({ size: 3 * MiB + 5 });
     const get = await store.presign!("uploads/curl.bin", { method: "GET", expiresInSeconds: 300 });
-    expect(curl(["-o", back, get.url])).toBe("200");
+    expect(await curl(["-o", back, get.url])).toBe("200");
     expect((await fs.readFile(back)).equals(await fs.readFile(file)), "the bytes differ").toBe(true);
   });
 
@@ -249,16 +248,12 @@ describe("temporary URLs with curl", () => {
     await store.write("uploads/a", bytes("a"));
     await store.write("uploads/b", bytes("b"));
     const { url, expireTime } = await store.presign!("uploads/a", { method: "GET", expiresInSeconds: 1 });
-    expect(curl(["-o", "/dev/null", url.replace("uploads/a", "uploads/b")])).toBe("403");
+    expect(await curl(["-o", "/dev/null", url.replace("uploads/a", "uploads/b")])).toBe("403");
     await new Promise((resolve) => setTimeout(resolve, expireTime.getTime() - Date.now() + 1_500));
-    expect(curl(["-o", "/dev/null", url])).toBe("403");
+    expect(await curl(["-o", "/dev/null", url])).toBe("403");
   });
 });
 
-/** Runs curl and returns the HTTP status it got. */
-function curl(args: string[]): string {
-  return execFileSync("curl", ["-sS", "-w", "%{http_code}", ...args], { encoding: "utf8" }).trim();
-}
 
 async function* bytes(text: string): AsyncGenerator<Uint8Array> {
   yield Buffer.from(text);
