@@ -108,16 +108,23 @@ function parseManifest(value: unknown): Manifest {
   return { kind, apiVersion, entry };
 }
 
-/** Same major version, and a minor version no newer than the host's. */
 function checkApiVersion(version: string): void {
-  const [major, minor] = version.split(".").map(Number);
-  const [hostMajor, hostMinor] = PLUGIN_API_VERSION.split(".").map(Number);
-  if (major === undefined || minor === undefined || Number.isNaN(major) || Number.isNaN(minor)) {
-    throw new Error(`plugin API version "${version}" is not MAJOR.MINOR`);
-  }
-  if (major !== hostMajor || minor > hostMinor!) {
-    throw new Error(`plugin targets plugin API ${version}; this host provides ${PLUGIN_API_VERSION}`);
-  }
+  const problem = apiVersionProblem(version, PLUGIN_API_VERSION);
+  if (problem !== undefined) throw new Error(problem);
+}
+
+/**
+ * Why a host providing plugin API `host` refuses a plugin that targets `version`, or
+ * undefined when it loads it: same major version, and a minor version no newer than the host's.
+ */
+export function apiVersionProblem(version: string, host: string): string | undefined {
+  const parse = (v: string) => (/^\d+\.\d+$/.test(v) ? v.split(".").map(Number) : undefined);
+  const plugin = parse(version);
+  if (plugin === undefined) return `plugin API version "${version}" is not MAJOR.MINOR`;
+  const [major, minor] = plugin;
+  const [hostMajor, hostMinor] = parse(host)!;
+  if (major !== hostMajor || minor! > hostMinor!) return `plugin targets plugin API ${version}; this host provides ${host}`;
+  return undefined;
 }
 
 /**

@@ -9,7 +9,8 @@ import * as fs from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { ConverterDriver, ConverterPluginDefinition, FormatName } from "../plugins/plugin-api.js";
+import { apiVersionProblem } from "../plugins/loader.js";
+import { PLUGIN_API_VERSION, type ConverterDriver, type ConverterPluginDefinition, type FormatName } from "../plugins/plugin-api.js";
 import { BUILDABLE_FORMATS, buildImage, compareImages, inspectOutput, virtualSizeOf } from "./disk-images.js";
 import { descendants, stillRunning, type ProcessId } from "./processes.js";
 import { registerForTest } from "./register.js";
@@ -102,6 +103,17 @@ export function runConverterConformance(options: ConverterConformanceOptions): v
       expect(report.virtualSize ?? report.size, "the output's disk size").toBe(await virtualSizeOf(source, job.from));
       expect(await compareImages(source, job.from, job.outputPath, job.to), "qemu-img compare of source and output").toBeUndefined();
     }
+
+    describe("registration", () => {
+      it("targets a plugin API this host loads and advertises well-formed pairs", () => {
+        expect(apiVersionProblem(options.plugin.apiVersion, PLUGIN_API_VERSION)).toBeUndefined();
+        expect(driver.conversions.length).toBeGreaterThan(0);
+        for (const { from, to } of driver.conversions) {
+          expect(from, "format names are lower case").toMatch(/^[a-z0-9]+$/);
+          expect(to, "format names are lower case").toMatch(/^[a-z0-9]+$/);
+        }
+      });
+    });
 
     describe("conversions", () => {
       it.each(conversions.map((c) => [`${c.from} -> ${c.to}`, c] as const))("converts %s faithfully, with sane progress", async (_title, { from, to }) => {

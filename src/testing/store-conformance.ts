@@ -6,8 +6,10 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { apiVersionProblem } from "../plugins/loader.js";
 import {
   isStoreError,
+  PLUGIN_API_VERSION,
   type ObjectInfo,
   type StoreCapabilities,
   type StoreConfig,
@@ -80,8 +82,9 @@ export function runStoreConformance(options: StoreConformanceOptions): void {
     };
 
     describe("registration", () => {
-      it("registers one store driver with lower-case schemes and every capability flag", () => {
+      it("targets a plugin API this host loads and registers one store driver with lower-case schemes and every capability flag", () => {
         expect(options.plugin.kind).toBe("store");
+        expect(apiVersionProblem(options.plugin.apiVersion, PLUGIN_API_VERSION)).toBeUndefined();
         expect(driver.schemes.length).toBeGreaterThan(0);
         for (const scheme of driver.schemes) expect(scheme).toMatch(/^[a-z][a-z0-9+.-]*$/);
         for (const flag of ["readRanges", "write", "delete", "list", "presignGet", "presignPut"] as const) {
