@@ -3,20 +3,31 @@
  * real S3 endpoint (Swift's s3api) answers 503 SlowDown, cuts responses short or drops
  * connections on cue, and counts the requests. Reads and stats go through the host's own
  * retry wrapper (src/core/store-retry.ts), as the service runs them, to show that the
- * host's retries and the SDK's do not multiply; writes show the SDK retrying parts.
+ * host's retries and the SDK's do not multiply; writes show the SDK retrying parts. Last, a
+ * real server with an S3 store behind the proxy turns the same faults into task outcomes.
  */
 import { createHash, randomBytes } from "node:crypto";
+import * as fs from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
+import * as path from "node:path";
 import type { Readable } from "node:stream";
-import type { S3Client } from "@aws-sdk/client-s3";
+import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import plugin from "../../plugins/store-s3/index.js";
 import { withRetries } from "../../src/core/store-retry.js";
+import { DiskFormat, ImageService, ImageStatus } from "../../src/gen/imagetransfer/v1/image_pb.js";
+import { TaskState } from "../../src/gen/imagetransfer/v1/task_pb.js";
+import { TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
 import { isStoreError, type StoreDriver, type StoreInstance } from "../../src/plugins/plugin-api.js";
 import { registerPlugin } from "../helpers/register-plugin.js";
-import { createBucket, multipartUploads, removeBucket, s3Client, s3Endpoint, s3StoreOptions } from "../helpers/s3.js";
+import { buildImage, buildSourceRaw, hashFile } from "../helpers/disk-images.js";
+import { createBucket, multipartUploads, objectExists, removeBucket, s3Client, s3Endpoint, s3StoreOptions } from "../helpers/s3.js";
+import { startTestService } from "../helpers/service.js";
+import { uploadFile, watchToEnd } from "../helpers/transfer.js";
 
 const MiB = 1024 * 1024;
 /** Quick back-off for tests: the shape of the host's policy, shorter pauses. */
@@ -215,4 +226,51 @@ describe("writes", () => {
     expect(await store.removePartialWrites!(new Date(Date.now() + 2_000))).toBe(1);
     expect(await multipartUploads(client, bucket)).toEqual([]);
   });
+});
+
+describe("through the service", () => {
+  it("an S3 endpoint that goes away mid-import fails the task naming the store; the image is KILLED and nothing is stored", async () => {
+    const work = await fs.mkdtemp(path.join(tmpdir(), "itx-s3-faults-"));
+    const service = await startTestService({
+      stores: [
+        { name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true },
+        { name: "flaky", plugin: "store-s3", options: s3StoreOptions(bucket, { endpoint: proxyUrl, partSize: 5 * MiB }) },
+      ],
+    });
+    try {
+      const raw = await buildSourceRaw(path.join(work, "source.raw"), 12 * MiB);
+      const qcow2 = await buildImage(raw, "qcow2", path.join(work, "source.qcow2"));
+      const transport = createGrpcTransport({ baseUrl: service.url });
+      const transfer = createClient(TransferService, transport);
+
+      // A burst of 503s on the seed object is ridden out.
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key: "uploads/seed.qcow2", Body: await fs.readFile(qcow2) }));
+      let refused = 0;
+      proxy.plan = (s) => (s.method === "GET" && refused++ < 3 ? "slow-down" : "pass");
+      const seeded = await transfer.importImage({ seedUri: "s3://flaky/uploads/seed.qcow2", diskFormat: DiskFormat.QCOW2 });
+      const ok = await watchToEnd(service.url, seeded.task!.id);
+      expect(ok.state, JSON.stringify(ok.error)).toBe(TaskState.SUCCEEDED);
+      expect(refused, "3 refused GETs, then the one that worked").toBeGreaterThanOrEqual(4);
+      const image = (await createClient(ImageService, transport).getImage({ id: seeded.image!.id })).image!;
+      expect(image.osHashValue).toBe((await hashFile(raw)).sha512);
+
+      // The endpoint goes away once the first part of the stored image is up.
+      let parts = 0;
+      proxy.plan = (s) => {
+        if (s.method === "PUT" && s.query.has("partNumber")) parts++;
+        return parts >= 2 ? "reset" : "pass";
+      };
+      const { task, image: doomed } = await transfer.importImage({ seedUri: await uploadFile(service.url, qcow2), diskFormat: DiskFormat.QCOW2, stores: ["flaky"] });
+      const failed = await watchToEnd(service.url, task!.id);
+      expect(failed.state).toBe(TaskState.FAILED);
+      expect(failed.error?.reason).toBe("STORE_FAILED");
+      expect(failed.error?.message).toMatch(/could not store the image in flaky: .*store "flaky": cannot write s3:\/\/flaky\/images\/.*the connection to the endpoint failed/);
+      expect((await createClient(ImageService, transport).getImage({ id: doomed!.id })).image?.status).toBe(ImageStatus.KILLED);
+      proxy.plan = () => "pass";
+      expect(await objectExists(client, bucket, `images/${doomed!.id}`)).toBe(false);
+    } finally {
+      await service.stop();
+      await fs.rm(work, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
