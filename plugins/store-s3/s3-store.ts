@@ -14,6 +14,7 @@ import {
   HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  ListPartsCommand,
   PutObjectCommand,
   S3Client,
   type S3ClientConfig,
@@ -232,8 +233,10 @@ export class S3Store implements StoreInstance {
   }
 
   /**
-   * Aborts multipart uploads begun before `olderThan`: what writers killed mid-way left
-   * behind. Every upload in the bucket counts, so the bucket should hold only this store's objects.
+   * Aborts the multipart uploads untouched since `olderThan` (begun before it, no part sent
+   * since): what writers killed mid-way left behind. A long write that is still sending parts
+   * is left alone. Every upload in the bucket counts, so the bucket should hold only this
+   * store's objects.
    */
   async removePartialWrites(olderThan: Date, options?: CallOptions): Promise<number> {
     const signal = options?.signal;
@@ -250,6 +253,7 @@ export class S3Store implements StoreInstance {
       }
       for (const upload of page.Uploads ?? []) {
         if (!upload.Key || !upload.UploadId || !upload.Initiated || upload.Initiated >= olderThan) continue;
+        if (await this.partSentSince(upload.Key, upload.UploadId, olderThan, signal)) continue;
         try {
           await this.client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: upload.Key, UploadId: upload.UploadId }), { abortSignal: signal });
           removed++;
@@ -261,6 +265,25 @@ export class S3Store implements StoreInstance {
       if (!page.IsTruncated) return removed;
       markers = { KeyMarker: page.NextKeyMarker, UploadIdMarker: page.NextUploadIdMarker };
     }
+  }
+
+  private async partSentSince(key: string, uploadId: string, since: Date, signal: AbortSignal | undefined): Promise<boolean> {
+    let marker: string | undefined;
+    do {
+      let page;
+      try {
+        page = await this.client.send(
+          new ListPartsCommand({ Bucket: this.options.bucket, Key: key, UploadId: uploadId, ...(marker ? { PartNumberMarker: marker } : {}) }),
+          { abortSignal: signal },
+        );
+      } catch (err) {
+        if (codeOf(err) === "NoSuchUpload" && !signal?.aborted) return true; // finished or aborted meanwhile: nothing to remove
+        throw this.failure(err, signal, { action: "list the parts of", key });
+      }
+      if ((page.Parts ?? []).some((part) => part.LastModified !== undefined && part.LastModified >= since)) return true;
+      marker = page.IsTruncated ? page.NextPartNumberMarker : undefined;
+    } while (marker);
+    return false;
   }
 
   /** A SigV4 presigned URL; its holder needs no credentials of their own. */

@@ -9,7 +9,14 @@ import * as fs from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import type { Readable } from "node:stream";
-import { AbortMultipartUploadCommand, CreateMultipartUploadCommand, HeadObjectCommand, ListMultipartUploadsCommand, type S3Client } from "@aws-sdk/client-s3";
+import {
+  AbortMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  UploadPartCommand,
+  type S3Client,
+} from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import plugin from "../../plugins/store-s3/index.js";
 import { isStoreError, type StoreDriver, type StoreErrorKind, type StoreInstance } from "../../src/plugins/plugin-api.js";
@@ -224,6 +231,20 @@ describe("removePartialWrites", () => {
     expect(await store.removePartialWrites!(new Date(Date.now() - 3600_000))).toBe(0);
     expect(await multipartUploads(client, bucket)).toEqual([key]);
     // S3 dates uploads to the second: a cut-off a little ahead covers this one.
+    expect(await store.removePartialWrites!(new Date(Date.now() + 2_000))).toBe(1);
+    expect(await multipartUploads(client, bucket)).toEqual([]);
+  });
+
+  it("leaves an upload that began before the cut-off but sent a part since: a long write still under way", async () => {
+    const store = await open("s3", s3StoreOptions(bucket));
+    const key = "images/long-write";
+    const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: key }));
+    // S3 dates uploads and parts to the second: keep a clear second either side of the cut-off.
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    const cutOff = new Date(Date.now() - 1_500);
+    await client.send(new UploadPartCommand({ Bucket: bucket, Key: key, UploadId, PartNumber: 1, Body: Buffer.alloc(1024, 1) }));
+    expect(await store.removePartialWrites!(cutOff)).toBe(0);
+    expect(await multipartUploads(client, bucket)).toEqual([key]);
     expect(await store.removePartialWrites!(new Date(Date.now() + 2_000))).toBe(1);
     expect(await multipartUploads(client, bucket)).toEqual([]);
   });
