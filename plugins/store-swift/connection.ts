@@ -16,7 +16,7 @@ export interface CallOptions {
 /** How long to wait for "100 Continue" before sending a body anyway, as curl does. */
 const CONTINUE_WAIT_MS = 2_000;
 /** Tries of a streaming PUT that Swift refused before it took any byte of the body. */
-const PUT_ATTEMPTS = 5;
+const PUT_ATTEMPTS = 6;
 const PUT_BACKOFF_MS = 200;
 
 /**

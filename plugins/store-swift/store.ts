@@ -29,8 +29,8 @@ const MAX_KEY_BYTES = 960;
 const DEFAULT_PAGE_SIZE = 1000;
 /** Swift's default (and largest) container listing. */
 const MAX_LISTING = 10_000;
-/** Tries of requests whose body is in memory (manifests, small objects) on transient faults. */
-const ATTEMPTS = 4;
+/** Tries of requests whose body is in memory (manifests, small objects) on transient faults, as many as the host gives reads. */
+const ATTEMPTS = 6;
 
 interface SegmentEntry {
   path: string;
@@ -149,7 +149,7 @@ export class SwiftStore implements StoreInstance {
       const body = Buffer.concat(head);
       size = body.length;
       answer = await this.callRetrying("PUT", this.objectPath(key), { body, signal }, what);
-      if (!ok(answer.status)) throw statusError(answer.status, what);
+      if (!ok(answer.status)) throw this.putError(answer.status, this.options.container, what);
     } else {
       ({ answer, size } = await this.writeLargeObject(key, head, reader, signal, what));
     }
@@ -186,7 +186,7 @@ export class SwiftStore implements StoreInstance {
         // Recorded before the PUT: an abort half-way may still leave the segment stored.
         written.push(name);
         const answer = await this.connection.putStream(`/${this.segmentsContainer}/${name}`, {}, body, signal, segmentWhat);
-        if (!ok(answer.status)) throw statusError(answer.status, segmentWhat);
+        if (!ok(answer.status)) throw this.putError(answer.status, this.segmentsContainer, segmentWhat);
         manifest.push({ path: `/${this.segmentsContainer}/${name}`, etag: header(answer.headers, "etag") ?? "", size_bytes: bytes });
         size += bytes;
         first = false;
@@ -197,7 +197,7 @@ export class SwiftStore implements StoreInstance {
         { query: { "multipart-manifest": "put" }, body: Buffer.from(JSON.stringify(manifest)), signal },
         `${what}: manifest`,
       );
-      if (!ok(answer.status)) throw statusError(answer.status, `${what}: manifest`);
+      if (!ok(answer.status)) throw this.putError(answer.status, this.options.container, `${what}: manifest`);
       return { answer, size };
     } catch (err) {
       await this.deleteSegments(written.map((name) => `/${this.segmentsContainer}/${name}`));
@@ -344,7 +344,7 @@ export class SwiftStore implements StoreInstance {
   /** The segment paths ("/container/name") of the SLO at `key`; none for a plain or missing object. */
   private async segmentsOf(key: string, signal: AbortSignal | undefined): Promise<string[]> {
     const what = `look up the segments of ${this.describe(key)}`;
-    const answer = await this.connection.call("GET", this.objectPath(key), { query: { "multipart-manifest": "get", format: "raw" }, signal }, what);
+    const answer = await this.callRetrying("GET", this.objectPath(key), { query: { "multipart-manifest": "get", format: "raw" }, signal }, what);
     if (answer.status === 404) return [];
     if (!ok(answer.status)) throw statusError(answer.status, what);
     if (header(answer.headers, "x-static-large-object")?.toLowerCase() !== "true") return [];
@@ -354,10 +354,14 @@ export class SwiftStore implements StoreInstance {
     return entries.flatMap((e) => (typeof e.path === "string" && e.path.startsWith(own) ? [e.path] : []));
   }
 
-  /** Best effort: what is left is found later by removePartialWrites. */
+  /**
+   * Best effort: what is left is found later by removePartialWrites. The first failure
+   * ends it, so a Swift that has gone away does not hold up the caller once per segment.
+   */
   private async deleteSegments(paths: string[]): Promise<void> {
     for (const path of paths) {
-      await this.callRetrying("DELETE", path, {}, `delete segment ${path}`).catch(() => undefined);
+      const answer = await this.callRetrying("DELETE", path, {}, `delete segment ${path}`).catch(() => undefined);
+      if (!answer || !(ok(answer.status) || answer.status === 404)) return;
     }
   }
 
@@ -396,6 +400,12 @@ export class SwiftStore implements StoreInstance {
       const ceiling = 200 * 2 ** (attempt - 1);
       await sleep(ceiling / 2 + Math.random() * (ceiling / 2), undefined, { signal: options.signal });
     }
+  }
+
+  /** A refused PUT; a 404 there means the container is gone. */
+  private putError(status: number, container: string, what: string): StoreError {
+    if (status !== 404) return statusError(status, what);
+    return new StoreError("not-found", `${what}: container "${container}" does not exist (HTTP 404); create it again`);
   }
 
   private objectPath(key: string): string {

@@ -125,7 +125,7 @@ export type FaultMode = "pass" | "503" | "down";
 
 /**
  * A TCP proxy in front of Swift that can misbehave: "pass" forwards, "503" answers every
- * request with 503 Service Unavailable, "down" refuses connections (and `goDown()` also
+ * request (on a new connection) with 503 Service Unavailable, "down" refuses connections (and `goDown()` also
  * cuts the ones in flight, as a Swift that dies would).
  */
 export interface FaultProxy {
@@ -134,23 +134,36 @@ export interface FaultProxy {
   mode: FaultMode;
   /** Requests answered with 503 so far. */
   refused503: number;
-  /** Bytes forwarded from clients to Swift so far. */
+  /** Bytes forwarded from clients to Swift, and back, so far. */
   bytesUp: number;
-  /** Calls `fn` once when more than `bytes` have gone up to Swift. */
+  bytesDown: number;
+  /** Answers the next `count` requests with 503, then forwards again. */
+  fail503(count: number): void;
+  /** Calls `fn` once when more than `bytes` have gone up to Swift (or come down from it) in all. */
   whenUploaded(bytes: number, fn: () => void): void;
+  whenDownloaded(bytes: number, fn: () => void): void;
   goDown(): void;
   close(): Promise<void>;
 }
 
 export async function startFaultProxy(target = new URL(swiftSettings().authUrl)): Promise<FaultProxy> {
   const live = new Set<Socket>();
-  const watchers: Array<{ bytes: number; fn: () => void }> = [];
+  const watchers: Array<{ direction: "up" | "down"; bytes: number; fn: () => void }> = [];
+  let stormLeft = Infinity;
   const proxy: FaultProxy = {
     url: "",
     mode: "pass",
     refused503: 0,
     bytesUp: 0,
-    whenUploaded: (bytes, fn) => void watchers.push({ bytes, fn }),
+    bytesDown: 0,
+    fail503(count) {
+      stormLeft = count;
+      proxy.mode = "503";
+      // Kept-alive connections would slip past the storm: clients must come back on new ones.
+      for (const socket of live) socket.destroy();
+    },
+    whenUploaded: (bytes, fn) => void watchers.push({ direction: "up", bytes, fn }),
+    whenDownloaded: (bytes, fn) => void watchers.push({ direction: "down", bytes, fn }),
     goDown() {
       proxy.mode = "down";
       for (const socket of live) socket.destroy();
@@ -169,9 +182,14 @@ export async function startFaultProxy(target = new URL(swiftSettings().authUrl))
     if (proxy.mode === "503") {
       let head = "";
       client.on("data", (chunk: Buffer) => {
+        if (head.includes("\r\n\r\n")) return; // answered already; the rest is the body
         head += chunk.toString("latin1");
         if (!head.includes("\r\n\r\n")) return;
         proxy.refused503++;
+        if (--stormLeft <= 0) {
+          proxy.mode = "pass";
+          stormLeft = Infinity;
+        }
         client.end("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
       });
       return;
@@ -184,13 +202,16 @@ export async function startFaultProxy(target = new URL(swiftSettings().authUrl))
     });
     client.once("close", () => upstream.destroy());
     upstream.on("error", () => client.destroy());
-    client.on("data", (chunk: Buffer) => {
-      proxy.bytesUp += chunk.length;
+    const count = (direction: "up" | "down", chunk: Buffer) => {
+      if (direction === "up") proxy.bytesUp += chunk.length;
+      else proxy.bytesDown += chunk.length;
       for (const watcher of watchers.splice(0)) {
-        if (proxy.bytesUp > watcher.bytes) watcher.fn();
+        if ((watcher.direction === "up" ? proxy.bytesUp : proxy.bytesDown) > watcher.bytes) watcher.fn();
         else watchers.push(watcher);
       }
-    });
+    };
+    client.on("data", (chunk: Buffer) => count("up", chunk));
+    upstream.on("data", (chunk: Buffer) => count("down", chunk));
     client.pipe(upstream);
     upstream.pipe(client);
   });
