@@ -101,7 +101,7 @@ export class SwiftStore implements StoreInstance {
       discard(response);
       const found = await this.stat(key, { signal });
       if (!found) throw new StoreError("not-found", `${what}: not found`);
-      if (range && range.offset === found.size) return Readable.from([]);
+      if (range && range.offset === found.size && range.length === undefined) return Readable.from([]);
       throw beyondEnd(what, range!, found.size);
     }
     if (!ok(status)) {
