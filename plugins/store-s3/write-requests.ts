@@ -29,18 +29,13 @@ export class WriteRequests {
 
   async handle(request: HttpRequest, options: HandlerOptions = {}) {
     if (this.stopReason && !abortsUpload(request)) throw this.stopReason;
+    // lib-storage sends without a signal of its own, so this one is the only one.
     const controller = new AbortController();
-    const outer = options.abortSignal as AbortSignal | undefined;
-    const forward = () => controller.abort(outer?.reason);
-    outer?.addEventListener("abort", forward, { once: true });
-    if (outer?.aborted) forward();
-    const cancellable = !startsUpload(request);
-    if (cancellable) this.inFlight.add(controller);
+    if (!startsUpload(request)) this.inFlight.add(controller);
     try {
       return await this.shared.handle(request, { ...options, abortSignal: controller.signal });
     } finally {
       this.inFlight.delete(controller);
-      outer?.removeEventListener("abort", forward);
     }
   }
 
