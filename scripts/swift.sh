@@ -340,7 +340,7 @@ release() {
   rm -f "$USERS/$user"
   for file in "$USERS"/*; do
     [[ -e $file ]] || continue
-    kill -0 "${file##*/}" 2>/dev/null && return 0 # another run still uses it
+    [[ $(stat_field "${file##*/}" 1 2>/dev/null) =~ ^[^Z]$ ]] && return 0 # another run still uses it
     rm -f "$file"
   done
   [[ -e $RUN/started-for-tests ]] && stop
