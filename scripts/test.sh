@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the tests use; installed only when missing.
-debian_packages=(openssl qemu-utils)
+# fdisk (sfdisk) and xorriso build the partitioned and ISO images of the image-safety corpus.
+debian_packages=(openssl qemu-utils fdisk xorriso)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
