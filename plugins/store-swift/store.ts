@@ -470,13 +470,17 @@ function abortError(signal: AbortSignal): Error {
   return Object.assign(new Error("The operation was aborted", { cause: signal.reason }), { name: "AbortError", code: "ABORT_ERR" });
 }
 
-/** Refuses keys Swift would read differently: "." and ".." segments would be resolved away in the URL. */
+/**
+ * Keys follow the rules of the other stores, so an image copies between stores under the
+ * same key; "." and ".." segments would also be resolved away in the URL.
+ */
 function checkKey(key: unknown): void {
   if (typeof key !== "string") throw new StoreError("invalid", `object key must be a string, not ${typeof key}`);
   const quoted = JSON.stringify(key);
   if (key === "") throw new StoreError("invalid", "object key must not be empty");
   if (key.startsWith("/")) throw new StoreError("invalid", `object key ${quoted} is absolute; keys are relative to the store`);
-  if (key.includes("\0")) throw new StoreError("invalid", `object key ${quoted} contains a NUL byte`);
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(key)) throw new StoreError("invalid", `object key ${quoted} contains a control character`);
   if (Buffer.byteLength(key) > MAX_KEY_BYTES) throw new StoreError("invalid", `object key ${quoted} is longer than ${MAX_KEY_BYTES} bytes`);
   for (const segment of key.split("/")) {
     if (segment === "") throw new StoreError("invalid", `object key ${quoted} has an empty segment (a doubled or trailing '/')`);
