@@ -5,9 +5,9 @@
  * Mapping. A store instance is one container (option "container") of one account, so a
  * key is the object name: the seed URI swift://STORE/uploads/ID names the object
  * "uploads/ID" in that container. Keys with "." or ".." segments, empty segments, a
- * leading "/", control characters or over 960 bytes are refused. The containers are expected to exist, as
- * Swift deployments usually create them; with "createContainer": true a missing one is
- * created at open. Large objects keep their segments in "CONTAINER_segments", which the
+ * leading "/", control characters or over 960 bytes are refused. The containers are
+ * expected to exist, as Swift deployments usually create them; with "createContainer":
+ * true a missing one is created at open. Large objects keep their segments in "CONTAINER_segments", which the
  * plugin creates when missing.
  *
  * Authentication: tempauth v1.0 ("authVersion": "1.0", "user": "account:user", "key") or
