@@ -33,22 +33,19 @@
  * (a product run failed, not enough disk, bad arguments); 130 interrupted (Ctrl-C). The
  * product/baseline ratio is reported, never asserted.
  */
-import { spawn, spawnSync } from "node:child_process";
-import { randomFillSync } from "node:crypto";
-import { createReadStream, closeSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, statfsSync, writeSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { createReadStream, mkdirSync, readdirSync, readFileSync, rmSync, statSync, statfsSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { mkdtemp } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { BuildError, cliPath, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
+import { BenchError, GiB, MiB, median, memoryOf, mib, run, SAMPLE_MS, sampleRss, say, seconds, setWorkRoot, sizeLabel, sleep, startServer, writeRawDisk, clientsFor, loadApi } from "./common.mjs";
 
-const MiB = 1024 * 1024;
-const GiB = 1024 * MiB;
 const RSS_LIMIT_MIB = 300;
 const MIN_FREE_BYTES = 12 * GiB;
-const SAMPLE_MS = 100;
 
 // ---------------------------------------------------------------------------------------------
 // Arguments
@@ -93,173 +90,6 @@ function usage(message) {
 
 const opts = parseArgs(process.argv.slice(2));
 /** Progress goes to stderr, so that --json leaves stdout to the one result object. */
-const say = (line) => process.stderr.write(`bench: ${line}\n`);
-
-class BenchError extends Error {}
-
-// ---------------------------------------------------------------------------------------------
-// Cleanup: every child and server we start, and the temp dir, on any exit path
-
-const children = new Set();
-let workRoot;
-let cleanedUp = false;
-
-function track(child) {
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  return child;
-}
-
-function cleanupSync() {
-  if (cleanedUp) return;
-  cleanedUp = true;
-  for (const child of children) signalChild(child, "SIGKILL");
-  if (workRoot) rmSync(workRoot, { recursive: true, force: true });
-}
-
-function signalChild(child, signal) {
-  try {
-    process.kill(child.pid, signal);
-  } catch {
-    // Already gone.
-  }
-}
-
-let interrupted = false;
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
-  process.on(signal, () => {
-    if (interrupted) return;
-    interrupted = true;
-    say(`${signal}: stopping ${children.size} child process(es) by PID and removing ${workRoot ?? "nothing"}`);
-    // SIGTERM first, so that servers shut down cleanly; whatever is left after 3 s gets SIGKILL.
-    for (const child of children) signalChild(child, "SIGTERM");
-    const deadline = Date.now() + 3_000;
-    const check = setInterval(() => {
-      if (children.size > 0 && Date.now() < deadline) return;
-      clearInterval(check);
-      cleanupSync();
-      process.exit(signal === "SIGINT" ? 130 : 143);
-    }, 50);
-  });
-}
-process.on("exit", cleanupSync);
-
-// ---------------------------------------------------------------------------------------------
-// Small helpers
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const seconds = (ms) => Math.round(ms / 10) / 100;
-const mib = (bytes) => Math.round((bytes / MiB) * 10) / 10;
-const sizeLabel = (m) => (m % 1024 === 0 ? `${m / 1024} GiB` : `${m} MiB`);
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
-/** Runs a command to completion; rejects with its stderr unless it exits 0. */
-function run(command, args, { cwd = repoRoot, timeoutMs = 3_600_000 } = {}) {
-  return new Promise((resolvePromise, reject) => {
-    const child = track(spawn(command, args, { cwd, stdio: ["ignore", "pipe", "pipe"] }));
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-    child.once("error", (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.once("close", (code, signal) => {
-      clearTimeout(timer);
-      if (code === 0) resolvePromise({ stdout, stderr });
-      else reject(new BenchError(`${command} ${args.join(" ")} exited with ${code ?? signal}:\n${stderr.trim()}`));
-    });
-  });
-}
-
-/** VmRSS and VmHWM of a process, in bytes, from /proc/PID/status; undefined once it is gone. */
-function memoryOf(pid) {
-  let text;
-  try {
-    text = readFileSync(`/proc/${pid}/status`, "utf8");
-  } catch {
-    return undefined;
-  }
-  const field = (name) => {
-    const m = new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text);
-    return m ? Number(m[1]) * 1024 : undefined;
-  };
-  return { rss: field("VmRSS"), hwm: field("VmHWM") };
-}
-
-/**
- * Samples a process's VmRSS every 100 ms until stopped; returns the largest sample, overall
- * and per phase (the caller names the current phase with setPhase, e.g. the task's stage).
- */
-function sampleRss(pid) {
-  let max = 0;
-  let samples = 0;
-  let phase;
-  let phaseStarted;
-  const byPhase = {};
-  /** Milliseconds spent in each phase, as far as the phase changes were seen. */
-  const timeByPhase = {};
-  const endPhase = () => {
-    if (phase) timeByPhase[phase] = (timeByPhase[phase] ?? 0) + (performance.now() - phaseStarted);
-  };
-  const take = () => {
-    const m = memoryOf(pid);
-    if (m?.rss !== undefined) {
-      max = Math.max(max, m.rss);
-      if (phase) byPhase[phase] = Math.max(byPhase[phase] ?? 0, m.rss);
-      samples++;
-    }
-  };
-  take();
-  const timer = setInterval(take, SAMPLE_MS);
-  return {
-    setPhase(name) {
-      if (name && name !== phase) {
-        take();
-        endPhase();
-        phase = name;
-        phaseStarted = performance.now();
-      }
-    },
-    stop() {
-      clearInterval(timer);
-      take();
-      endPhase();
-      return { maxRss: max, samples, byPhase, timeByPhase };
-    },
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Setup: the disk images
-
-/** A raw disk: the first half random (written in 4 MiB chunks), the second half zeros (a sparse tail). */
-function writeRawDisk(path, bytes) {
-  const chunk = Buffer.allocUnsafe(4 * MiB);
-  const fd = openSync(path, "w");
-  try {
-    let written = 0;
-    const half = bytes / 2;
-    while (written < half) {
-      const n = Math.min(chunk.length, half - written);
-      randomFillSync(chunk, 0, n);
-      let off = 0;
-      while (off < n) off += writeSync(fd, chunk, off, n - off, written + off);
-      written += n;
-    }
-    ftruncateSync(fd, bytes);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 async function prepareQcow2(dir, sizeMib) {
   const raw = join(dir, "disk.raw");
   const qcow2 = join(dir, "disk.qcow2");
@@ -274,75 +104,7 @@ async function prepareQcow2(dir, sizeMib) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The server
-
-async function startServer(dataDir) {
-  mkdirSync(dataDir, { recursive: true });
-  const child = track(
-    spawn(process.execPath, [cliPath, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "warn"], {
-      cwd: repoRoot,
-      // Only the flags configure this server: no ITX_* settings or MONGODB_URI from the caller's shell.
-      env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ITX_") && k !== "MONGODB_URI")),
-      stdio: ["ignore", "pipe", "pipe"],
-    }),
-  );
-  let log = "";
-  child.stderr.on("data", (d) => (log += d));
-  const url = await new Promise((resolvePromise, reject) => {
-    let stdout = "";
-    const timer = setTimeout(() => reject(new BenchError(`server did not start in 30 s:\n${stdout}${log}`)), 30_000);
-    child.stdout.on("data", (d) => {
-      stdout += d;
-      const m = /listening on (\S+)/.exec(stdout);
-      if (m) {
-        clearTimeout(timer);
-        resolvePromise(m[1]);
-      }
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new BenchError(`server exited with ${code} before listening:\n${stdout}${log}`));
-    });
-  });
-  return { url, pid: child.pid, dataDir, process: child, log: () => log, stop: () => stopServer(child) };
-}
-
-/** SIGTERM to the server's PID, SIGKILL after 10 s. */
-function stopServer(child) {
-  return new Promise((resolvePromise) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolvePromise(child.exitCode);
-    const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
-    child.once("exit", (code) => {
-      clearTimeout(kill);
-      resolvePromise(code);
-    });
-    process.kill(child.pid, "SIGTERM");
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Clients (the generated code, built into dist/)
-
-let api;
-async function loadApi() {
-  if (api) return api;
-  const connect = await import("@connectrpc/connect");
-  const connectNode = await import("@connectrpc/connect-node");
-  const gen = (name) => import(pathToFileURL(join(repoRoot, `dist/src/gen/imagetransfer/v1/${name}_pb.js`)).href);
-  const [transfer, image, task] = await Promise.all([gen("transfer"), gen("image"), gen("task")]);
-  api = { connect, connectNode, transfer, image, task };
-  return api;
-}
-
-async function clientsFor(url) {
-  const { connect, connectNode, transfer, image, task } = await loadApi();
-  const transport = connectNode.createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true });
-  return {
-    transfer: connect.createClient(transfer.TransferService, transport),
-    images: connect.createClient(image.ImageService, transport),
-    tasks: connect.createClient(task.TaskService, transport),
-  };
-}
+// Uploads
 
 /** Streams a file to a URL with PUT and a Content-Length; rejects unless the answer is 2xx. */
 function putFile(url, path, method = "PUT") {
@@ -403,7 +165,7 @@ function imageIdFromCliOutput(stdout) {
 
 async function productViaCli(server, qcow2) {
   const started = performance.now();
-  const { stdout } = await run(process.execPath, [cliPath, "import", qcow2, "--disk-format", "qcow2", "--wait", "--json", "--server", server.url], {
+  const { stdout } = await run(process.execPath, [cliPath, "import", qcow2, "--disk-format", "qcow2", "--wait", "--json", "--server", server.url, "--data-dir", server.dataDir], {
     timeoutMs: 3_600_000,
   });
   const totalMs = performance.now() - started;
@@ -424,7 +186,7 @@ async function productViaCli(server, qcow2) {
 
 async function productViaRpc(server, qcow2, sampler) {
   const { transfer, task: taskPb, image: imagePb } = await loadApi();
-  const clients = await clientsFor(server.url);
+  const clients = await clientsFor(server);
   const started = performance.now();
   sampler.setPhase("upload");
   const upload = await clients.transfer.createUploadUrl({});
@@ -475,7 +237,7 @@ async function productRun(server, qcow2, via) {
   // What the task left in work/ at the moment it was reported SUCCEEDED (informational).
   const workRightAfter = readdirSafe(join(server.dataDir, "work"));
   const { image: imagePb } = await loadApi();
-  const clients = await clientsFor(server.url);
+  const clients = await clientsFor(server);
   const { image } = await clients.images.getImage({ id: timing.imageId });
   if (image.status !== imagePb.ImageStatus.ACTIVE) throw new BenchError(`image ${timing.imageId} is ${imagePb.ImageStatus[image.status]}, not ACTIVE`);
   return {
@@ -491,7 +253,7 @@ async function productRun(server, qcow2, via) {
 
 async function deleteImage(server, id) {
   try {
-    const clients = await clientsFor(server.url);
+    const clients = await clientsFor(server);
     await clients.images.deleteImage({ id });
     return true;
   } catch (err) {
@@ -593,7 +355,8 @@ async function main() {
   const via = opts.via === "auto" ? (cliHasImport() ? "cli" : "rpc") : opts.via;
   if (via === "cli" && !cliHasImport()) throw new BenchError("--via cli: the built CLI has no `itx import ... --wait` command");
 
-  workRoot = await mkdtemp(join(resolve(opts.tmpDir), "itx-bench-"));
+  const workRoot = await mkdtemp(join(resolve(opts.tmpDir), "itx-bench-"));
+  setWorkRoot(workRoot);
   say(`temp dir ${workRoot} (${(free / GiB).toFixed(0)} GiB free); product path: ${via === "cli" ? "itx import --wait (CLI)" : `RPCs from the bench ${opts.via === "rpc" ? "(--via rpc)" : "(no itx import in the built CLI)"}`}`);
 
   const nproc = spawnSync("nproc", [], { encoding: "utf8" }).stdout.trim();

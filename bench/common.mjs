@@ -1,0 +1,265 @@
+/**
+ * What the benchmarks share: child processes that are always cleaned up (also on Ctrl-C), a
+ * temp dir removed on exit, command running, memory sampling from /proc, and test disks.
+ */
+import { spawn } from "node:child_process";
+import { randomFillSync } from "node:crypto";
+import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { cliPath, repoRoot } from "../scripts/ensure-built.mjs";
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+export const SAMPLE_MS = 100;
+
+export const say = (line) => process.stderr.write(`bench: ${line}\n`);
+
+export class BenchError extends Error {}
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup: every child and server we start, and the temp dir, on any exit path
+
+export const children = new Set();
+let workRoot;
+
+/** The run's temp dir, removed on any exit. */
+export function setWorkRoot(dir) {
+  workRoot = dir;
+}
+let cleanedUp = false;
+
+export function track(child) {
+  children.add(child);
+  child.once("exit", () => children.delete(child));
+  return child;
+}
+
+function cleanupSync() {
+  if (cleanedUp) return;
+  cleanedUp = true;
+  for (const child of children) signalChild(child, "SIGKILL");
+  if (workRoot) rmSync(workRoot, { recursive: true, force: true });
+}
+
+export function signalChild(child, signal) {
+  try {
+    process.kill(child.pid, signal);
+  } catch {
+    // Already gone.
+  }
+}
+
+let interrupted = false;
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(signal, () => {
+    if (interrupted) return;
+    interrupted = true;
+    say(`${signal}: stopping ${children.size} child process(es) by PID and removing ${workRoot ?? "nothing"}`);
+    // SIGTERM first, so that servers shut down cleanly; whatever is left after 3 s gets SIGKILL.
+    for (const child of children) signalChild(child, "SIGTERM");
+    const deadline = Date.now() + 3_000;
+    const check = setInterval(() => {
+      if (children.size > 0 && Date.now() < deadline) return;
+      clearInterval(check);
+      cleanupSync();
+      process.exit(signal === "SIGINT" ? 130 : 143);
+    }, 50);
+  });
+}
+process.on("exit", cleanupSync);
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const seconds = (ms) => Math.round(ms / 10) / 100;
+export const mib = (bytes) => Math.round((bytes / MiB) * 10) / 10;
+export const sizeLabel = (m) => (m % 1024 === 0 ? `${m / 1024} GiB` : `${m} MiB`);
+
+export function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/** Runs a command to completion; rejects with its stderr unless it exits 0. */
+export function run(command, args, { cwd = repoRoot, timeoutMs = 3_600_000 } = {}) {
+  return new Promise((resolvePromise, reject) => {
+    const child = track(spawn(command, args, { cwd, stdio: ["ignore", "pipe", "pipe"] }));
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.once("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.once("close", (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolvePromise({ stdout, stderr });
+      else reject(new BenchError(`${command} ${args.join(" ")} exited with ${code ?? signal}:\n${stderr.trim()}`));
+    });
+  });
+}
+
+/** VmRSS and VmHWM of a process, in bytes, from /proc/PID/status; undefined once it is gone. */
+export function memoryOf(pid) {
+  let text;
+  try {
+    text = readFileSync(`/proc/${pid}/status`, "utf8");
+  } catch {
+    return undefined;
+  }
+  const field = (name) => {
+    const m = new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text);
+    return m ? Number(m[1]) * 1024 : undefined;
+  };
+  return { rss: field("VmRSS"), hwm: field("VmHWM") };
+}
+
+/**
+ * Samples a process's VmRSS every 100 ms until stopped; returns the largest sample, overall
+ * and per phase (the caller names the current phase with setPhase, e.g. the task's stage).
+ */
+export function sampleRss(pid) {
+  let max = 0;
+  let samples = 0;
+  let phase;
+  let phaseStarted;
+  const byPhase = {};
+  /** Milliseconds spent in each phase, as far as the phase changes were seen. */
+  const timeByPhase = {};
+  const endPhase = () => {
+    if (phase) timeByPhase[phase] = (timeByPhase[phase] ?? 0) + (performance.now() - phaseStarted);
+  };
+  const take = () => {
+    const m = memoryOf(pid);
+    if (m?.rss !== undefined) {
+      max = Math.max(max, m.rss);
+      if (phase) byPhase[phase] = Math.max(byPhase[phase] ?? 0, m.rss);
+      samples++;
+    }
+  };
+  take();
+  const timer = setInterval(take, SAMPLE_MS);
+  return {
+    setPhase(name) {
+      if (name && name !== phase) {
+        take();
+        endPhase();
+        phase = name;
+        phaseStarted = performance.now();
+      }
+    },
+    stop() {
+      clearInterval(timer);
+      take();
+      endPhase();
+      return { maxRss: max, samples, byPhase, timeByPhase };
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup: the disk images
+
+/** A raw disk: the first half random (written in 4 MiB chunks), the second half zeros (a sparse tail). */
+export function writeRawDisk(path, bytes) {
+  const chunk = Buffer.allocUnsafe(4 * MiB);
+  const fd = openSync(path, "w");
+  try {
+    let written = 0;
+    const half = bytes / 2;
+    while (written < half) {
+      const n = Math.min(chunk.length, half - written);
+      randomFillSync(chunk, 0, n);
+      let off = 0;
+      while (off < n) off += writeSync(fd, chunk, off, n - off, written + off);
+      written += n;
+    }
+    ftruncateSync(fd, bytes);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+/** `itx serve` on a free loopback port; resolves once it says where it listens. */
+export async function startServer(dataDir, extraArgs = []) {
+  mkdirSync(dataDir, { recursive: true });
+  const child = track(
+    spawn(process.execPath, [cliPath, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "warn", ...extraArgs], {
+      cwd: repoRoot,
+      // Only the flags configure this server: no ITX_* settings or MONGODB_URI from the caller's shell.
+      env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ITX_") && k !== "MONGODB_URI")),
+      stdio: ["ignore", "pipe", "pipe"],
+    }),
+  );
+  let log = "";
+  child.stderr.on("data", (d) => (log += d));
+  const url = await new Promise((resolvePromise, reject) => {
+    let stdout = "";
+    const timer = setTimeout(() => reject(new BenchError(`server did not start in 30 s:\n${stdout}${log}`)), 30_000);
+    child.stdout.on("data", (d) => {
+      stdout += d;
+      const m = /listening on (\S+)/.exec(stdout);
+      if (m) {
+        clearTimeout(timer);
+        resolvePromise(m[1]);
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new BenchError(`server exited with ${code} before listening:\n${stdout}${log}`));
+    });
+  });
+  return { url, pid: child.pid, dataDir, process: child, log: () => log, stop: () => stopServer(child) };
+}
+
+/** SIGTERM to the server's PID, SIGKILL after 10 s. */
+export function stopServer(child) {
+  return new Promise((resolvePromise) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolvePromise(child.exitCode);
+    const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    child.once("exit", (code) => {
+      clearTimeout(kill);
+      resolvePromise(code);
+    });
+    process.kill(child.pid, "SIGTERM");
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients (the generated code, built into dist/)
+
+let api;
+export async function loadApi() {
+  if (api) return api;
+  const connect = await import("@connectrpc/connect");
+  const connectNode = await import("@connectrpc/connect-node");
+  const gen = (name) => import(pathToFileURL(join(repoRoot, `dist/src/gen/imagetransfer/v1/${name}_pb.js`)).href);
+  const [transfer, image, task] = await Promise.all([gen("transfer"), gen("image"), gen("task")]);
+  api = { connect, connectNode, transfer, image, task };
+  return api;
+}
+
+/** Clients that authenticate with the local admin key `itx serve` made in the server's data dir. */
+export async function clientsFor(server) {
+  const { connect, connectNode, transfer, image, task } = await loadApi();
+  const token = readFileSync(join(server.dataDir, "admin-api-key"), "utf8").trim();
+  const transport = connectNode.createConnectTransport({
+    baseUrl: server.url,
+    httpVersion: "1.1",
+    useBinaryFormat: true,
+    interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
+  });
+  return {
+    transfer: connect.createClient(transfer.TransferService, transport),
+    images: connect.createClient(image.ImageService, transport),
+    tasks: connect.createClient(task.TaskService, transport),
+  };
+}
