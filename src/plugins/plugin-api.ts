@@ -17,11 +17,15 @@ export const PLUGIN_API_VERSION = "1.0";
 
 /** What a store can do; the host never calls what a store does not advertise. */
 export interface StoreCapabilities {
+  /** read() honours `range`, so broken reads resume where they stopped. */
   readRanges: boolean;
+  /** write() works; a store without it only serves as a source. */
   write: boolean;
   delete: boolean;
   list: boolean;
+  /** presign() makes GET URLs the store itself serves; otherwise the host signs its own. */
   presignGet: boolean;
+  /** presign() makes PUT URLs the store itself serves; otherwise the host signs its own. */
   presignPut: boolean;
   /** Largest object the store accepts, in bytes; 0 means no limit. */
   maxObjectSize: number;
@@ -49,32 +53,47 @@ export interface ByteRange {
   length?: number;
 }
 
+/** Options every store call takes. */
 export interface CallOptions {
-  /** Aborting it must stop the call promptly and leave nothing half-written. */
+  /**
+   * Aborting it must stop the call promptly (the conformance kit allows 1.5 s), reject it,
+   * and leave nothing half-written; a read stream errors once it is aborted.
+   */
   signal?: AbortSignal;
 }
 
+/** Options of {@link StoreInstance.read}. */
 export interface ReadOptions extends CallOptions {
   range?: ByteRange;
 }
 
+/** Options of {@link StoreInstance.list}. */
 export interface ListOptions extends CallOptions {
+  /** Only keys that start with it; any string, not only up to a '/'. */
   prefix?: string;
+  /** The most objects one page holds; the store picks a default when it is absent. */
   pageSize?: number;
+  /** A previous page's nextPageToken, opaque to the host. */
   pageToken?: string;
 }
 
+/** One page of a listing. */
 export interface ObjectPage {
   objects: ObjectInfo[];
   /** Set when more objects follow. */
   nextPageToken?: string;
 }
 
+/** What a temporary URL allows, and for how long. */
 export interface PresignOptions {
   method: "GET" | "PUT";
   expiresInSeconds: number;
 }
 
+/**
+ * A temporary URL: anyone holding it may GET or PUT the one object until `expireTime`; a
+ * tampered or expired URL must be refused with a 4xx status.
+ */
 export interface PresignedUrl {
   url: string;
   expireTime: Date;
@@ -132,6 +151,10 @@ export interface StoreDriver {
 /** A disk format name as the API spells it in lower case: raw, qcow2, vmdk, vhd, vhdx, vdi, iso. */
 export type FormatName = string;
 
+/**
+ * One conversion. Aborting `signal` must reject promptly, end every process the converter
+ * started, and leave no output.
+ */
 export interface ConversionJob extends CallOptions {
   from: FormatName;
   to: FormatName;
@@ -139,7 +162,7 @@ export interface ConversionJob extends CallOptions {
   inputPath: string;
   /** Where to write the converted image; the host removes it if the job fails. */
   outputPath: string;
-  /** Called with bytes (or an estimate) done so far. */
+  /** Called with work done so far out of `total` (bytes, or another unit): never decreasing, ending with done equal to total. */
   onProgress?(done: number, total: number): void;
 }
 
@@ -193,14 +216,17 @@ interface PluginBase {
   register(context: RegistrationContext): Promise<void>;
 }
 
+/** A store plugin, as {@link defineStorePlugin} makes it. */
 export interface StorePluginDefinition extends PluginBase {
   readonly kind: "store";
 }
 
+/** A converter plugin, as {@link defineConverterPlugin} makes it. */
 export interface ConverterPluginDefinition extends PluginBase {
   readonly kind: "converter";
 }
 
+/** What a plugin entry module's default export must be. */
 export type PluginDefinition = StorePluginDefinition | ConverterPluginDefinition;
 
 /** Optional hook run before the driver is registered, e.g. to check that a tool is installed. */
@@ -237,6 +263,11 @@ export function isPluginDefinition(value: unknown): value is PluginDefinition {
   return typeof value === "object" && value !== null && (value as Record<symbol, unknown>)[brand] === true;
 }
 
+/**
+ * Why a store call failed: the object is missing, already exists, the backend cannot be
+ * reached or failed transiently (the host retries these), access was denied, or the request
+ * (a key, range, option or token) is not acceptable.
+ */
 export type StoreErrorKind = "not-found" | "already-exists" | "unavailable" | "permission" | "invalid";
 
 /**
@@ -254,6 +285,7 @@ export class StoreError extends Error {
   }
 }
 
+/** Whether `err` is a {@link StoreError}, from this copy of the plugin API or any other. */
 export function isStoreError(err: unknown): err is StoreError {
   return err instanceof Error && err.name === "StoreError" && typeof (err as StoreError).kind === "string";
 }
