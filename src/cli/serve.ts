@@ -1,7 +1,6 @@
 import type { Command } from "commander";
 import { ConfigError, loadConfig } from "../config/config.js";
 import { createLogger } from "../logger.js";
-import { startService } from "../service.js";
 
 function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
@@ -52,6 +51,8 @@ export function registerServe(program: Command): void {
         throw err;
       }
       const logger = createLogger(config.logLevel, config.logFormat);
+      // Loaded here, not at the top: every other itx command starts without the server's modules.
+      const { startService } = await import("../service.js");
       let service;
       try {
         service = await startService(config, logger);
