@@ -5,7 +5,7 @@
  * bytes are read back from the store itself (the SDK for S3, Swift's API for Swift, the file
  * for the filesystem) and checked against the image's sha512.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
@@ -19,13 +19,13 @@ import { TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
 import { buildImage, buildSourceRaw, hashFile, MiB } from "../helpers/disk-images.js";
 import { createBucket, objectSha512, removeBucket, s3Client, s3StoreOptions } from "../helpers/s3.js";
 import { startTestService, type TestService } from "../helpers/service.js";
+import { createContainer, removeContainer, swiftRequest, swiftStoreOptions, uniqueContainer } from "../helpers/swift.js";
 import { uploadFile, watchToEnd } from "../helpers/transfer.js";
 
 let service: TestService;
 let s3: S3Client;
 let buckets: { a: string; b: string };
 let container: string;
-let swift: SwiftAccount;
 let work: string;
 let sha512: string;
 let qcow2: string;
@@ -35,8 +35,8 @@ let images: Client<typeof ImageService>;
 beforeAll(async () => {
   s3 = s3Client();
   buckets = { a: await createBucket(s3, "itx-copy-a"), b: await createBucket(s3, "itx-copy-b") };
-  swift = await swiftAccount();
-  container = `itx-copy-${randomBytes(4).toString("hex")}`;
+  container = uniqueContainer("copy");
+  await createContainer(container);
   work = await fs.mkdtemp(path.join(tmpdir(), "itx-copy-"));
   const raw = await buildSourceRaw(path.join(work, "source.raw"), 8 * MiB);
   qcow2 = await buildImage(raw, "qcow2", path.join(work, "source.qcow2"));
@@ -46,7 +46,7 @@ beforeAll(async () => {
       { name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true },
       { name: "s3a", plugin: "store-s3", options: s3StoreOptions(buckets.a, { partSize: 5 * MiB }) },
       { name: "s3b", plugin: "store-s3", options: s3StoreOptions(buckets.b, { partSize: 5 * MiB }) },
-      { name: "swift", plugin: "store-swift", options: { ...swift.storeOptions, container, createContainer: true } },
+      { name: "swift", plugin: "store-swift", options: swiftStoreOptions(container) },
     ],
   });
   const transport = createGrpcTransport({ baseUrl: service.url });
@@ -57,7 +57,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await service?.stop();
   for (const bucket of Object.values(buckets ?? {})) await removeBucket(s3, bucket);
-  if (swift && container) await swift.removeContainer(container);
+  if (container) await removeContainer(container);
   s3?.destroy();
   if (work) await fs.rm(work, { recursive: true, force: true });
 });
@@ -91,7 +91,7 @@ async function storedSha512(store: string, imageId: string): Promise<string | un
   const key = `images/${imageId}`;
   if (store === "local") return (await hashFile(path.join(service.dataDir, "images", key))).sha512;
   if (store === "s3a" || store === "s3b") return objectSha512(s3, store === "s3a" ? buckets.a : buckets.b, key);
-  return swift.objectSha512(container, key);
+  return swiftSha512(key);
 }
 
 describe("CopyImage across stores", () => {
@@ -120,52 +120,12 @@ describe("CopyImage across stores", () => {
   });
 });
 
-interface SwiftAccount {
-  storeOptions: Record<string, string>;
-  objectSha512(container: string, name: string): Promise<string | undefined>;
-  removeContainer(container: string): Promise<void>;
-}
-
-/**
- * The test Swift through its own API (tempauth), from SWIFT_AUTH_URL, SWIFT_USER and
- * SWIFT_KEY, independent of the store-swift plugin under test.
- */
-async function swiftAccount(): Promise<SwiftAccount> {
-  const { SWIFT_AUTH_URL: authUrl, SWIFT_USER: user, SWIFT_KEY: key } = process.env;
-  if (!authUrl || !user || !key) {
-    throw new Error("SWIFT_AUTH_URL, SWIFT_USER and SWIFT_KEY not set: the test setup starts Swift (scripts/swift.sh) and sets them");
-  }
-  const auth = await fetch(authUrl, { headers: { "X-Auth-User": user, "X-Auth-Key": key } });
-  expect(auth.status, "Swift tempauth login").toBe(200);
-  const storageUrl = auth.headers.get("x-storage-url")!;
-  const headers = { "X-Auth-Token": auth.headers.get("x-auth-token")! };
-  // The store needs the account to have a Temp-URL-Key. One that is there already is kept,
-  // so tests that share this Swift never change it under each other.
-  const account = await fetch(storageUrl, { method: "HEAD", headers });
-  if (!account.headers.get("x-account-meta-temp-url-key")) {
-    const set = await fetch(storageUrl, { method: "POST", headers: { ...headers, "X-Account-Meta-Temp-URL-Key": randomBytes(32).toString("hex") } });
-    expect(set.status, "setting the account's Temp-URL-Key").toBe(204);
-  }
-  const objectUrl = (c: string, name: string) => `${storageUrl}/${c}/${name.split("/").map(encodeURIComponent).join("/")}`;
-  return {
-    storeOptions: { authUrl, user, key },
-    async objectSha512(c, name) {
-      const response = await fetch(objectUrl(c, name), { headers });
-      if (response.status === 404) return undefined;
-      expect(response.status).toBe(200);
-      const hash = createHash("sha512");
-      for await (const chunk of response.body!) hash.update(chunk);
-      return hash.digest("hex");
-    },
-    async removeContainer(c) {
-      for (const name of [c, `${c}_segments`]) {
-        const listing = await fetch(`${storageUrl}/${name}?format=json`, { headers });
-        if (listing.status === 404) continue;
-        for (const object of (await listing.json()) as Array<{ name: string }>) {
-          await fetch(objectUrl(name, object.name), { method: "DELETE", headers });
-        }
-        await fetch(`${storageUrl}/${name}`, { method: "DELETE", headers });
-      }
-    },
-  };
+/** The sha512 of a Swift object, read through Swift's own API; undefined when it is missing. */
+async function swiftSha512(name: string): Promise<string | undefined> {
+  const response = await swiftRequest("GET", `/${container}/${name.split("/").map(encodeURIComponent).join("/")}`);
+  if (response.status === 404) return undefined;
+  expect(response.status).toBe(200);
+  const hash = createHash("sha512");
+  for await (const chunk of response.body!) hash.update(chunk);
+  return hash.digest("hex");
 }

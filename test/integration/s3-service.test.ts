@@ -71,7 +71,7 @@ async function importAndWatch(seedUri: string, stores: string[] = []): Promise<{
 }
 
 describe("the four steps through S3", () => {
-  it("upload by presigned PUT, import into S3, export a VMDK to S3, download by presigned GET: identical to the source", async () => {
+  it("upload by presigned PUT, import into S3, export a VMDK to S3, download by presigned GET: identical to the source", { timeout: 120_000 }, async () => {
     // 1. Upload: a presigned S3 URL that needs no credentials, into the staging bucket.
     const { url, seedUri } = await transfer.createUploadUrl({});
     const signed = new URL(url);
