@@ -27,6 +27,7 @@ import { servedProtoFiles, servedServiceNames } from "./server/api.js";
 import { createDataEndpoint } from "./server/data-endpoint.js";
 import { createHealthService } from "./server/health.js";
 import { errorsAndLogging } from "./server/interceptors.js";
+import { startTracing, traceRpcs } from "./tracing.js";
 import { Metrics, serveMetrics } from "./metrics.js";
 import { listen, type Listener } from "./server/listener.js";
 import { createReflectionService } from "./server/reflection.js";
@@ -114,6 +115,7 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
   // Policies and credentials first: a bad rule or key file stops start-up before anything opens.
   const specs = await listenerSpecs(config);
   const authenticator = await authenticatorFor(config, logger);
+  const tracing = await startTracing({ otlpEndpoint: config.otlpEndpoint, serviceName: "imagetransfer" }, logger);
   const container = rootContainer.createChildContainer();
   const repository: Repository = config.mongodbUri
     ? new MongoRepository({ uri: config.mongodbUri })
@@ -177,6 +179,7 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
     handler: connectNodeAdapter({
       routes,
       interceptors: [
+        traceRpcs,
         errorsAndLogging(logger, metrics, spec.name),
         authentication({ authenticator, policy: spec.policy, listener: spec.name, openServices, logger }),
       ],
@@ -208,6 +211,7 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
       await closeStores(stores);
       await repository.close();
       await container.dispose();
+      await tracing.shutdown();
     },
   };
 }

@@ -25,6 +25,8 @@ export const configSchema = z
     tls: z.strictObject({ cert: z.string().min(1), key: z.string().min(1) }).optional(),
     /** HOST:PORT for Prometheus metrics at /metrics, off the public listener; unset means no metrics listener. */
     metricsListen: z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, "must be HOST:PORT").optional(),
+    /** OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; unset means no tracing (and no cost). */
+    otlpEndpoint: z.url({ protocol: /^https?$/, error: "must be an http(s) URL, e.g. http://127.0.0.1:4318/v1/traces" }).optional(),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
     /** json: one object per line, for log collectors; pretty: for a terminal. */
     logFormat: z.enum(["json", "pretty"]).default("json"),
@@ -114,6 +116,7 @@ export const environmentKeys = {
   ITX_PUBLIC_URL: "publicUrl",
   ITX_ROLE: "role",
   ITX_METRICS_LISTEN: "metricsListen",
+  ITX_OTLP_ENDPOINT: "otlpEndpoint",
   ITX_URL_SIGNING_KEY: "urlSigningKey",
   ITX_TLS_CERT: "tls.cert",
   ITX_TLS_KEY: "tls.key",

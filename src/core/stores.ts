@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import type { StoreConfigEntry } from "../config/config.js";
 import type { StoreCapabilities, StoreInstance } from "../plugins/plugin-api.js";
 import type { PluginRegistry } from "../plugins/registry.js";
+import { traceStore } from "../tracing.js";
 import { withRetries, type StoreObserver } from "./store-retry.js";
 
 /** One configured store instance, open or not. */
@@ -59,7 +60,8 @@ export async function openStores(
           options: entry.options,
           dataDir: resolve(options.dataDir),
         });
-        store.instance = withRetries(entry.name, opened, found.driver.capabilities.readRanges, undefined, options.observe?.(entry.name));
+        // Each try is its own span, so retries show in traces.
+        store.instance = withRetries(entry.name, traceStore(entry.name, opened), found.driver.capabilities.readRanges, undefined, options.observe?.(entry.name));
       } catch (err) {
         store.error = `cannot open: ${err instanceof Error ? err.message : String(err)}`;
       }

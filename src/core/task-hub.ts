@@ -2,6 +2,7 @@ import { inject, injectable } from "tsyringe";
 import type { Config } from "../config/config.js";
 import type { Repository, TaskChange } from "../persistence/repository.js";
 import { Tokens } from "../tokens.js";
+import { currentTraceParent } from "../tracing.js";
 import { isDomainError, notFound, unavailable } from "./errors.js";
 import { isTerminal, type TaskProgress, type TaskRecord } from "./task.js";
 
@@ -30,6 +31,8 @@ export class TaskHub {
   }
 
   async create(task: TaskRecord): Promise<TaskRecord> {
+    const traceParent = currentTraceParent();
+    if (traceParent) task = { ...task, traceParent };
     await this.repository.insertTask(task);
     return task;
   }

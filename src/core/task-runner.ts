@@ -10,6 +10,7 @@ import type { TaskChange } from "../persistence/repository.js";
 import type { TaskHub } from "./task-hub.js";
 import type { TaskError, TaskRecord, TaskType } from "./task.js";
 import type { Metrics } from "../metrics.js";
+import { traceTask, type TaskTrace } from "../tracing.js";
 import { Handover, type Executor, type TransferEnvironment } from "./transfer/environment.js";
 
 /** How often the runner looks for claimable tasks and checks that its running tasks are still its to run. */
@@ -177,7 +178,7 @@ export class TaskRunner {
     const workDir = join(this.workRoot, task.id);
     const log = this.logger.child({ taskId: task.id, imageId: task.imageId, type: task.type, attempt: task.attempts });
     const held = { leaseOwner: this.workerId, expect: ["running" as const] };
-    const run = async () => {
+    const run = async (trace: TaskTrace) => {
       log.info("task started");
       // A previous attempt that died may have left files here.
       await rm(workDir, { recursive: true, force: true });
@@ -194,6 +195,7 @@ export class TaskRunner {
               if (stage?.name !== name) {
                 endStage();
                 stage = { name, since: performance.now() };
+                trace.enterStage(name);
               }
               this.hub.reportProgress(task.id, { stage: name, bytesDone, bytesTotal }, { owner: this.workerId, leaseMs: this.leaseMs });
             },
@@ -225,6 +227,7 @@ export class TaskRunner {
           return;
         }
         const error = taskError(err);
+        trace.fail(error.reason, error.message);
         if (error.reason === "INTERNAL") log.error({ err }, "task failed unexpectedly");
         else log.info({ reason: error.reason, message: error.message }, "task failed");
         await this.finish(task.id, { ...held, state: "failed", patch: { error } }, controller.signal).catch(() => undefined);
@@ -234,7 +237,7 @@ export class TaskRunner {
         await rm(workDir, { recursive: true, force: true });
       }
     };
-    void run()
+    void traceTask(task, run)
       .catch((err) => log.error({ err }, "task runner error"))
       .finally(() => {
         this.running.delete(task.id);

@@ -40,6 +40,8 @@ export interface TaskRecord {
   version: number;
   /** Held by the worker running the task; another worker may take the task over once it expires. */
   lease?: TaskLease;
+  /** The W3C traceparent of the request that created the task, so its run joins that trace. */
+  traceParent?: string;
 }
 
 export interface TaskLease {

@@ -60,6 +60,11 @@ export interface CallOptions {
    * and leave nothing half-written; a read stream errors once it is aborted.
    */
   signal?: AbortSignal;
+  /**
+   * W3C trace-context headers of the call (`traceparent`, maybe `tracestate`), set when the
+   * host traces; a plugin that talks HTTP may send them to its backend. Never required.
+   */
+  traceContext?: Record<string, string>;
 }
 
 /** Options of {@link StoreInstance.read}. */
