@@ -1,9 +1,9 @@
 /**
  * Vitest global setup: a real Swift for the tests that need one (and for the S3 plugin,
  * through Swift's s3api, unless S3_ENDPOINT names another endpoint). Unless SWIFT_AUTH_URL
- * already points at one, scripts/swift.sh
- * starts an all-in-one on loopback (installing its Debian packages on a fresh machine),
- * and its settings go into process.env, which the test workers inherit. Teardown
+ * already points at one, scripts/swift.sh starts an all-in-one on loopback (installing its
+ * Debian packages on a fresh machine), and its settings go into process.env, which the
+ * test workers inherit. Teardown
  * releases it: a Swift that test runs started stops when the last run using it ends (so
  * two runs sharing a machine do not pull it from under each other); one started by hand
  * keeps running.
