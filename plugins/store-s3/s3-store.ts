@@ -384,7 +384,10 @@ function bodyOf(
           }
           this.push(next.value);
         },
-        (err: unknown) => hooks.onError(err),
+        // After a stop, the source's own failure is no longer news.
+        (err: unknown) => {
+          if (!this.destroyed) hooks.onError(err);
+        },
       );
     },
     destroy(err, callback) {
@@ -406,7 +409,6 @@ function checkKey(key: unknown): void {
 
 function keyProblem(key: string): string | undefined {
   if (Buffer.byteLength(key, "utf8") > MAX_KEY_BYTES) return `is longer than S3's ${MAX_KEY_BYTES} bytes`;
-  // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f]/.test(key)) return "contains a control character";
   if (key.startsWith("/")) return "is absolute; keys are relative to the bucket";
   for (const segment of key.split("/")) {
