@@ -51,7 +51,7 @@ const backends: Array<[string, () => Record<string, unknown>]> = [
 describe.each(backends)("quotas on %s", (_name, database) => {
   let servers: TestService[] = [];
   const start = async (quotas: Record<string, unknown>, extra: Record<string, unknown> = {}) => {
-    const shared = { auth: { apiKeys: [alice.entry, bob.entry] }, quotas, ...database(), ...extra };
+    const shared: Record<string, unknown> = { auth: { apiKeys: [alice.entry, bob.entry] }, quotas, ...database(), ...extra };
     const first = await startTestService(shared);
     servers = [first];
     // Two processes' worth of connections on MongoDB; the embedded database belongs to one process.
