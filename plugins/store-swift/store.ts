@@ -70,7 +70,8 @@ export class SwiftStore implements StoreInstance {
     checkKey(key);
     await this.ready();
     const what = `stat ${this.describe(key)}`;
-    const response = await this.connection.request("HEAD", this.objectPath(key), { signal: options?.signal }, what);
+    // The host's trace context goes along, so a traced Swift proxy joins the trace.
+    const response = await this.connection.request("HEAD", this.objectPath(key), { headers: { ...options?.traceContext }, signal: options?.signal }, what);
     discard(response);
     if (response.statusCode === 404) return undefined;
     if (!ok(response.statusCode)) throw statusError(response.statusCode ?? 0, what);
@@ -90,7 +91,7 @@ export class SwiftStore implements StoreInstance {
       if (range.offset > found.size) throw beyondEnd(what, range, found.size);
       return Readable.from([]);
     }
-    const headers: Record<string, string> = {};
+    const headers: Record<string, string> = { ...options?.traceContext };
     if (range && (range.offset > 0 || range.length !== undefined)) {
       headers.range = `bytes=${range.offset}-${range.length === undefined ? "" : range.offset + range.length - 1}`;
     }
