@@ -4,6 +4,7 @@
  * kind of bad token gets UNAUTHENTICATED with a reason and never the token.
  */
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { exportJWK, exportSPKI, generateKeyPair, SignJWT, type JWTPayload } from "jose";
@@ -103,6 +104,22 @@ describe("JWTs", () => {
   it("tolerates a small clock skew", async () => {
     const slightlyExpired = await sign({}, { exp: now() - 5 });
     expect((await connectClients(service.url, slightlyExpired).images.listImages({})).images).toBeDefined();
+  });
+
+  it("fetches the keys from a JWKS URL", async () => {
+    const jwks = JSON.stringify({ keys: [{ ...(await exportJWK(signing.publicKey)), kid: "k1", alg: "ES256", use: "sig" }] });
+    const keyServer = createServer((_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(jwks));
+    await new Promise<void>((resolve) => keyServer.listen(0, "127.0.0.1", resolve));
+    const jwksUrl = `http://127.0.0.1:${(keyServer.address() as { port: number }).port}/jwks.json`;
+    const remote = await startTestService({ auth: { jwt: { issuer: ISSUER, audience: AUDIENCE, jwksUrl } } });
+    try {
+      expect((await connectClients(remote.url, await sign({})).images.createImage({ name: "remote" })).image?.owner).toBe("alpha");
+      const err = await connectError(connectClients(remote.url, await sign({}, { key: stranger })).images.listImages({}));
+      expect(err.rawMessage).toBe("the token's signature does not verify");
+    } finally {
+      await remote.stop();
+      keyServer.close();
+    }
   });
 
   it("refuses JWTs on a server configured with API keys only", async () => {
