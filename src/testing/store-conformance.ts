@@ -115,13 +115,24 @@ export function runStoreConformance(options: StoreConformanceOptions): void {
         expect(await digestOf(await store.read(key))).toEqual({ size, sha256: source.sha256() });
       });
 
-      it(`streams a ${largeObjectBytes}-byte object generated on the fly and verified by hash`, async () => {
+      it(`streams a ${largeObjectBytes}-byte object generated on the fly and verified by hash`, async (ctx) => {
         const key = `${area()}large`;
         const source = generatedSource(largeObjectBytes, MiB);
+        const rssBefore = process.memoryUsage.rss();
+        let started = performance.now();
         const written = await store.write(key, source.chunks());
+        const writeSeconds = (performance.now() - started) / 1000;
         expect(written.size).toBe(largeObjectBytes);
         expect((await store.stat(key))?.size).toBe(largeObjectBytes);
+        started = performance.now();
         expect(await digestOf(await store.read(key))).toEqual({ size: largeObjectBytes, sha256: source.sha256() });
+        const readSeconds = (performance.now() - started) / 1000;
+        // Figures for the author, not limits: a busy machine makes them vary.
+        const mib = largeObjectBytes / MiB;
+        ctx.annotate(
+          `write ${(mib / writeSeconds).toFixed(0)} MiB/s, read ${(mib / readSeconds).toFixed(0)} MiB/s, ` +
+            `resident memory ${((process.memoryUsage.rss() - rssBefore) / MiB).toFixed(0)} MiB above its level before the write`,
+        );
       }, timeoutFor(largeObjectBytes));
 
       it("replaces an object that is overwritten", async () => {
