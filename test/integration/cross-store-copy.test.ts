@@ -102,7 +102,7 @@ describe("CopyImage across stores", () => {
     expect(await storedSha512("s3a", image.id)).toBe(sha512);
   });
 
-  it("S3 -> filesystem, S3 -> S3 and S3 -> Swift, in one pass over the S3 copy", async () => {
+  it("S3 -> filesystem, S3 -> S3 and S3 -> Swift, in one CopyImage", async () => {
     const image = await importInto("s3a");
     expect(activeStores(image)).toEqual(["s3a"]);
     expect(await storedSha512("s3a", image.id)).toBe(sha512);
