@@ -94,7 +94,8 @@ async function storedSha512(store: string, imageId: string): Promise<string | un
   return swiftSha512(key);
 }
 
-describe("CopyImage across stores", () => {
+// Each test imports (qemu-img) and copies through the service: on a busy machine that takes a while.
+describe("CopyImage across stores", { timeout: 120_000 }, () => {
   it("filesystem -> S3", async () => {
     const image = await importInto("local");
     const copied = await copy(image, ["s3a"]);
