@@ -56,11 +56,23 @@ async function expectRefused(s: TestService, { task, seedUri }: Imported, reason
   expect(task.error?.reason).toBe(reason);
   expect(task.error?.message, "the task error must not leak server paths").not.toContain(s.dataDir);
   expect((await getImage(s, task.imageId)).status).toBe(ImageStatus.KILLED);
-  expect(await listFiles(join(s.dataDir, "work"))).toEqual([]);
+  // The runner removes a run's work folder right after recording its end: wait for it a little.
+  expect(await settled(() => listFiles(join(s.dataDir, "work")), (files) => files.length === 0)).toEqual([]);
   expect(await readdir(join(s.dataDir, "images", "images")).catch(() => [])).not.toContain(task.imageId);
   const staged = seedUri.replace("file://local/uploads/", "");
   const uploads = await listFiles(join(s.dataDir, "images", "uploads"));
   if (reason === "UNSAFE_IMAGE" || reason === "INVALID_IMAGE") expect(uploads).not.toContain(staged);
+}
+
+/** Polls `read` until `done` holds or 5 s pass, and returns the last value read. */
+async function settled<T>(read: () => Promise<T>, done: (value: T) => boolean): Promise<T> {
+  const until = Date.now() + 5000;
+  let value = await read();
+  while (!done(value) && Date.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    value = await read();
+  }
+  return value;
 }
 
 /** Command lines of running processes that mention `text`. */

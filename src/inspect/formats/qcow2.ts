@@ -89,6 +89,7 @@ function inspect(head: Bytes, cluster: Region | undefined, fileSize: number): De
   if (safe(virtualSize) === undefined) bad(`virtual size ${virtualSize} is out of range`);
 
   let headerLength = 72;
+  let dataFileBit = false;
   if (version === 3) {
     if (head.length < 104) return { findings: [...findings, finding("TRUNCATED", `the qcow2 version 3 header is cut short: the image is ${fileSize} bytes`)] };
     const incompatible = u64(head, 72, false)!;
@@ -97,38 +98,46 @@ function inspect(head: Bytes, cluster: Region | undefined, fileSize: number): De
       findings.push(finding("QCOW2_UNKNOWN_FEATURES", `the qcow2 image sets incompatible feature bits qemu's format does not define (0x${unknown.toString(16)})`));
     }
     if (incompatible & CORRUPT_BIT) findings.push(finding("QCOW2_CORRUPT", "the qcow2 image is marked corrupt"));
-    if (incompatible & DATA_FILE_BIT) {
-      findings.push(finding("QCOW2_DATA_FILE", `the qcow2 image keeps its data in an external file${dataFileName(cluster, head)}, which a converter would read from the host`));
-    }
+    if (incompatible & DATA_FILE_BIT) dataFileBit = true;
     const refcountOrder = u32(head, 96, false)!;
     if (refcountOrder > 6) bad(`refcount_order ${refcountOrder} exceeds 6`);
     headerLength = u32(head, 100, false)!;
     if (headerLength < 104 || headerLength % 8 !== 0 || headerLength > clusterSize) bad(`header length ${headerLength} is out of range`);
   }
-  findings.push(...extensionFindings(cluster, headerLength, findings.some((f) => f.code === "QCOW2_DATA_FILE")));
+  const extensions = readExtensions(cluster, headerLength);
+  if (typeof extensions === "string") findings.push(finding("QCOW2_HEADER_INVALID", extensions));
+  else if (extensions === undefined) findings.push(cluster!.missing("the qcow2 header extensions"));
+  const read = typeof extensions === "object" ? extensions : { encrypted: false };
+  if (dataFileBit || read.dataFile !== undefined) {
+    const name = read.dataFile === undefined ? "" : ` "${printable(read.dataFile)}"`;
+    findings.push(finding("QCOW2_DATA_FILE", `the qcow2 image keeps its data in an external file${name}, which a converter would read from the host`));
+  }
+  if (read.encrypted) findings.push(finding("QCOW2_ENCRYPTED", "the qcow2 image carries an encryption header"));
   return { virtualSize: safe(virtualSize), findings };
 }
 
-/** Walks the header extensions: an external data file's name or an encryption header is a finding even without the feature bit. */
-function extensionFindings(cluster: Region | undefined, start: number, dataFileReported: boolean): Finding[] {
+/**
+ * The header extensions that matter here: an external data file's name (a finding even
+ * without the feature bit) and an encryption header. A string says why they cannot be read;
+ * undefined, that the first cluster is missing.
+ */
+function readExtensions(cluster: Region | undefined, start: number): { dataFile?: string; encrypted: boolean } | string | undefined {
   const bytes = cluster?.bytes;
-  if (!cluster || !bytes) return cluster ? [cluster.missing("the qcow2 header extensions")] : [];
-  const findings: Finding[] = [];
+  if (!bytes) return cluster ? undefined : { encrypted: false };
+  const found: { dataFile?: string; encrypted: boolean } = { encrypted: false };
   let at = start;
   for (let count = 0; count < MAX_EXTENSIONS; count++) {
     const type = u32(bytes, at, false);
     const length = u32(bytes, at + 4, false);
-    if (type === undefined || length === undefined) return [...findings, finding("QCOW2_HEADER_INVALID", "the qcow2 header extensions run past the first cluster")];
-    if (type === EXT_END) return findings;
+    if (type === undefined || length === undefined) return "the qcow2 header extensions run past the first cluster";
+    if (type === EXT_END) return found;
     const end = at + 8 + Math.ceil(length / 8) * 8;
-    if (end > bytes.length) return [...findings, finding("QCOW2_HEADER_INVALID", `the qcow2 header extension 0x${type.toString(16)} runs past the first cluster`)];
-    if (type === EXT_DATA_FILE && !dataFileReported) {
-      findings.push(finding("QCOW2_DATA_FILE", `the qcow2 image names an external data file "${printable(latin1(bytes.subarray(at + 8, at + 8 + length)))}"`));
-    }
-    if (type === EXT_ENCRYPTION) findings.push(finding("QCOW2_ENCRYPTED", "the qcow2 image carries an encryption header"));
+    if (end > bytes.length) return `the qcow2 header extension 0x${type.toString(16)} runs past the first cluster`;
+    if (type === EXT_DATA_FILE) found.dataFile = latin1(bytes.subarray(at + 8, at + 8 + length));
+    if (type === EXT_ENCRYPTION) found.encrypted = true;
     at = end;
   }
-  return [...findings, finding("QCOW2_HEADER_INVALID", `the qcow2 header lists more than ${MAX_EXTENSIONS} extensions`)];
+  return `the qcow2 header lists more than ${MAX_EXTENSIONS} extensions`;
 }
 
 function backingName(cluster: Region | undefined, offset: bigint, size: number): string {
@@ -136,18 +145,4 @@ function backingName(cluster: Region | undefined, offset: bigint, size: number):
   const start = safe(offset);
   if (!bytes || start === undefined || size === 0 || size > MAX_BACKING_NAME || start + size > bytes.length) return "";
   return ` "${printable(latin1(bytes.subarray(start, start + size)))}"`;
-}
-
-function dataFileName(cluster: Region | undefined, head: Bytes): string {
-  const bytes = cluster?.bytes;
-  if (!bytes) return "";
-  let at = u32(head, 100, false) ?? 104;
-  for (let count = 0; count < MAX_EXTENSIONS; count++) {
-    const type = u32(bytes, at, false);
-    const length = u32(bytes, at + 4, false);
-    if (type === undefined || length === undefined || type === EXT_END || at + 8 + length > bytes.length) return "";
-    if (type === EXT_DATA_FILE) return ` "${printable(latin1(bytes.subarray(at + 8, at + 8 + length)))}"`;
-    at += 8 + Math.ceil(length / 8) * 8;
-  }
-  return "";
 }

@@ -111,7 +111,6 @@ function bare({ size }: EndView, descriptor: Region | undefined): Detection {
 }
 
 interface Extent {
-  access: string;
   sectors: number;
   type: string;
   file?: string;
@@ -136,8 +135,8 @@ function parseDescriptor(bytes: Bytes): { extents: Extent[]; findings: Finding[]
     if (line === "" || line.startsWith("#")) continue;
     const extent = EXTENT_LINE.exec(line);
     if (extent) {
-      const [, access, sectors, type, file] = extent;
-      extents.push({ access: access!, sectors: Number(sectors), type: type!.toUpperCase(), file });
+      const [, , sectors, type, file] = extent;
+      extents.push({ sectors: Number(sectors), type: type!.toUpperCase(), file });
       continue;
     }
     const setting = /^([A-Za-z][\w.]*)\s*=\s*"?([^"]*)"?$/.exec(line);
