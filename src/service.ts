@@ -122,7 +122,10 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
     : new SqliteRepository(config.dataDir);
   await initRepository(repository, logger);
 
-  const plugins = new PluginRegistry();
+  const plugins = new PluginRegistry({
+    callTimeoutMs: config.pluginCallTimeoutSeconds * 1000,
+    stallTimeoutMs: config.pluginStallTimeoutSeconds * 1000,
+  });
   await loadPlugins([builtInPluginsDir, ...config.pluginsDirs], plugins, logger);
   const metrics = new Metrics();
   const stores = await openStores(config.stores, {

@@ -42,6 +42,16 @@ export const configSchema = z
     maxVirtualBytes: z.number().int().min(1).default(1024 ** 4),
     /** Wall-clock limit of one import or export attempt; past it the task fails with TASK_TIMEOUT. */
     taskTimeoutSeconds: z.number().min(1).default(6 * 3600),
+    /**
+     * Limit of plugin calls that should be short (stat, delete, list, presign, open,
+     * describe, measure, opening a read); past it the task fails with PLUGIN_TIMEOUT.
+     * Whole reads, writes and conversions of multi-GiB images legitimately take far
+     * longer, so they have no limit of their own: pluginStallTimeoutSeconds cuts them
+     * only when they stop making progress.
+     */
+    pluginCallTimeoutSeconds: z.number().positive().default(60),
+    /** How long a read, write or conversion may go without progress (bytes moved, progress reported) before it fails with PLUGIN_TIMEOUT. */
+    pluginStallTimeoutSeconds: z.number().positive().default(300),
     /** Default lifetime of temporary upload and download URLs. */
     urlTtlSeconds: z.number().int().min(1).max(7 * 24 * 3600).default(3600),
     /** The base of the service's own temporary URLs as clients reach it; default the listener's URL. */

@@ -1,3 +1,4 @@
+import { guardConverter, guardStoreDriver, type PluginGuard } from "./guard.js";
 import type { ConverterDriver, StoreDriver } from "./plugin-api.js";
 
 export type PluginKind = "store" | "converter";
@@ -13,11 +14,33 @@ export interface PluginReport {
   error?: string;
 }
 
-/** The drivers that loaded plugins registered, and a report on every plugin found. */
+/** Limits of plugin calls, from the config; see pluginCallTimeoutSeconds there. */
+export interface PluginLimits {
+  callTimeoutMs: number;
+  stallTimeoutMs: number;
+}
+
+/**
+ * The drivers that loaded plugins registered, and a report on every plugin found. Drivers
+ * are kept guarded (see guard.ts): whatever a plugin does, its failures are typed, name
+ * it, and are counted here.
+ */
 export class PluginRegistry {
   readonly reports: PluginReport[] = [];
   private readonly stores = new Map<string, { pluginId: string; driver: StoreDriver }>();
   private readonly converters: Array<{ pluginId: string; driver: ConverterDriver }> = [];
+  private readonly errorCounts = new Map<string, number>();
+
+  constructor(private readonly limits: PluginLimits = { callTimeoutMs: 60_000, stallTimeoutMs: 300_000 }) {}
+
+  /** How many calls of the plugin failed or timed out since start-up. */
+  errorCount(pluginId: string): number {
+    return this.errorCounts.get(pluginId) ?? 0;
+  }
+
+  private guardFor(pluginId: string): PluginGuard {
+    return { pluginId, ...this.limits, failed: () => this.errorCounts.set(pluginId, this.errorCount(pluginId) + 1) };
+  }
 
   report(report: PluginReport): void {
     this.reports.push(report);
@@ -29,11 +52,12 @@ export class PluginRegistry {
       const owner = this.stores.get(scheme);
       if (owner) throw new Error(`URI scheme "${scheme}" is already served by plugin ${owner.pluginId}`);
     }
-    for (const scheme of driver.schemes) this.stores.set(scheme, { pluginId, driver });
+    const guarded = guardStoreDriver(this.guardFor(pluginId), driver);
+    for (const scheme of driver.schemes) this.stores.set(scheme, { pluginId, driver: guarded });
   }
 
   addConverter(pluginId: string, driver: ConverterDriver): void {
-    this.converters.push({ pluginId, driver });
+    this.converters.push({ pluginId, driver: guardConverter(this.guardFor(pluginId), driver) });
   }
 
   /** The store driver a plugin registered, by plugin id or by its name without an npm scope. */

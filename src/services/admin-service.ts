@@ -28,7 +28,13 @@ export class AdminServiceImpl implements ServiceImpl<typeof AdminService> {
   }
 
   async listPlugins() {
-    return { plugins: this.plugins.reports.map(pluginToProto) };
+    return {
+      plugins: this.plugins.reports.map((report) => {
+        const plugin = pluginToProto(report);
+        plugin.errorCount = BigInt(this.plugins.errorCount(report.id));
+        return plugin;
+      }),
+    };
   }
 
   /** Answers even while the database is away: that is when operators need it most. */

@@ -23,8 +23,9 @@ describe("plugin registry", () => {
     const operators = converter([["qcow2", "raw"]]);
     registry.addConverter("@imagetransfer/converter-qemu-img", builtIn);
     registry.addConverter("acme-fast-qcow2", operators);
-    expect(registry.converterFor("qcow2", "raw")).toBe(operators);
-    expect(registry.converterFor("vmdk", "raw")).toBe(builtIn);
+    // The registry hands out guarded drivers: the same conversions, wrapped calls.
+    expect(registry.converterFor("qcow2", "raw")?.conversions).toBe(operators.conversions);
+    expect(registry.converterFor("vmdk", "raw")?.conversions).toBe(builtIn.conversions);
     expect(registry.converterFor("raw", "vhdx")).toBeUndefined();
     // Only converters that can describe a format are asked to.
     expect(registry.describerFor("qcow2")).toBeTypeOf("function");

@@ -1,6 +1,7 @@
 import { rename } from "node:fs/promises";
 import type { ConversionJob, ImageDescription } from "../../plugins/plugin-api.js";
 import type { TransferEnvironment } from "./environment.js";
+import { isPluginFailure } from "../../plugins/guard.js";
 import { taskFailure } from "./failure.js";
 
 /**
@@ -26,6 +27,7 @@ export async function convert(
     await converter.convert({ ...job, onProgress });
   } catch (err) {
     job.signal?.throwIfAborted();
+    if (isPluginFailure(err)) throw err;
     const message = withoutPaths((err as Error).message, [job.inputPath, job.outputPath]);
     throw taskFailure("CONVERSION_FAILED", `converting ${job.from} to ${job.to} failed: ${message}`, err);
   }
@@ -49,6 +51,7 @@ export async function describeImage(
     description = await describer(path, format, { signal });
   } catch (err) {
     signal.throwIfAborted();
+    if (isPluginFailure(err)) throw err;
     throw taskFailure("INVALID_IMAGE", `the ${format} image cannot be read: ${withoutPaths((err as Error).message, [path])}`, err);
   }
   if (description.backingFile) {
@@ -76,6 +79,7 @@ export async function measureConversion(
     return await measure?.(path, from, to, { signal });
   } catch (err) {
     signal.throwIfAborted();
+    if (isPluginFailure(err)) throw err;
     throw taskFailure("INVALID_IMAGE", `the ${from} image cannot be measured: ${withoutPaths((err as Error).message, [path])}`, err);
   }
 }
