@@ -1,0 +1,108 @@
+import { Readable } from "node:stream";
+import { describe, expect, it } from "vitest";
+import { guardStore, type PluginGuard } from "../../src/plugins/guard.js";
+import { StoreError, type StoreInstance } from "../../src/plugins/plugin-api.js";
+
+function guardOf(limits: { callTimeoutMs?: number; stallTimeoutMs?: number } = {}): PluginGuard & { failures: number } {
+  const guard = {
+    pluginId: "store-x",
+    callTimeoutMs: limits.callTimeoutMs ?? 1_000,
+    stallTimeoutMs: limits.stallTimeoutMs ?? 1_000,
+    failures: 0,
+    failed: () => void guard.failures++,
+  };
+  return guard;
+}
+
+/** A store whose calls the test gives; the others are never called. */
+function fakeStore(calls: Partial<StoreInstance>): StoreInstance {
+  const unused = () => {
+    throw new Error("not called in this test");
+  };
+  return { stat: unused, read: unused, write: unused, delete: unused, list: unused, ...calls };
+}
+
+async function* chunks(count: number, delayMs = 0): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < count; i++) {
+    if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
+    yield Buffer.alloc(1024);
+  }
+}
+
+describe("plugin guard around a store", () => {
+  it("passes StoreErrors and connection errors on unchanged and does not count them", async () => {
+    const guard = guardOf();
+    const refused = Object.assign(new Error("socket hang up"), { code: "ECONNRESET" });
+    const store = guardStore(guard, fakeStore({
+      stat: async () => {
+        throw new StoreError("not-found", "no such object");
+      },
+      list: async () => {
+        throw refused;
+      },
+    }));
+    await expect(store.stat("k")).rejects.toMatchObject({ name: "StoreError", kind: "not-found" });
+    await expect(store.list()).rejects.toBe(refused);
+    expect(guard.failures).toBe(0);
+  });
+
+  it("cuts a write whose plugin stops taking chunks, and aborts the plugin's call", async () => {
+    const guard = guardOf({ stallTimeoutMs: 300 });
+    let aborted = false;
+    const store = guardStore(guard, fakeStore({
+      write: async (key, source, options) => {
+        options?.signal?.addEventListener("abort", () => (aborted = true));
+        for await (const _ of source) return new Promise(() => {});
+        return { key, size: 0 };
+      },
+    }));
+    await expect(store.write("k", chunks(3))).rejects.toMatchObject({
+      reason: "PLUGIN_TIMEOUT",
+      message: 'plugin "store-x" made no progress in write within 0.3 s',
+    });
+    expect(aborted).toBe(true);
+    expect(guard.failures).toBe(1);
+  });
+
+  it("does not blame the plugin for a slow source, and lets the source's own error through", async () => {
+    const guard = guardOf({ stallTimeoutMs: 200 });
+    const store = guardStore(guard, fakeStore({
+      write: async (key, source) => {
+        let size = 0;
+        for await (const chunk of source) size += chunk.length;
+        return { key, size };
+      },
+    }));
+    // Each chunk arrives later than the stall limit: the wait is the source's, not the plugin's.
+    await expect(store.write("k", chunks(3, 300))).resolves.toEqual({ key: "k", size: 3 * 1024 });
+    const tooBig = new Error("the image is larger than allowed");
+    const failing = (async function* () {
+      yield Buffer.alloc(1);
+      throw tooBig;
+    })();
+    await expect(store.write("k", failing)).rejects.toBe(tooBig);
+    expect(guard.failures).toBe(0);
+  });
+
+  it("turns an error a read stream emits before anyone reads it into a typed failure, without crashing", async () => {
+    const guard = guardOf();
+    const store = guardStore(guard, fakeStore({
+      read: async () => {
+        const stream = new Readable({ read() {} });
+        process.nextTick(() => stream.destroy(new Error("early failure")));
+        return stream;
+      },
+    }));
+    const stream = await store.read("k");
+    await new Promise((r) => setTimeout(r, 50));
+    await expect(stream.toArray()).rejects.toMatchObject({ reason: "PLUGIN_FAILED", message: 'plugin "store-x" failed in read: early failure' });
+    expect(guard.failures).toBe(1);
+  });
+
+  it("fails a read that delivers no bytes for longer than the stall limit", async () => {
+    const guard = guardOf({ stallTimeoutMs: 200 });
+    const store = guardStore(guard, fakeStore({ read: async () => new Readable({ read() {} }) }));
+    const stream = await store.read("k");
+    await expect(stream.toArray()).rejects.toMatchObject({ reason: "PLUGIN_TIMEOUT", message: 'plugin "store-x" made no progress in read within 0.2 s' });
+  });
+});
