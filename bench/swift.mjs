@@ -136,6 +136,9 @@ async function main(opts) {
   if (bavail * bsize < need) throw new BenchError(`${workRoot} has ${(bavail * bsize / GiB).toFixed(1)} GiB free; this run needs about ${(need / GiB).toFixed(1)} GiB (use --tmp-dir)`);
 
   const swift = await startSwift();
+  // An interrupted run (Ctrl-C skips the clean-up below) leaves its container: remove those first.
+  const containers = await (await swiftCall(swift, "GET", "?format=json&prefix=itx-bench-")).json();
+  for (const { name } of containers.filter((c) => !c.name.endsWith("_segments"))) await removeContainer(swift, name);
   const container = `itx-bench-${process.pid}`;
   await swiftCall(swift, "PUT", container);
   const dataDir = join(workRoot, "data");
