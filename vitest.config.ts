@@ -1,6 +1,8 @@
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
+  // Plugins written against the public entry point (plugins/converter-decompress) run from source.
+  resolve: { alias: { "imagetransfer/plugin-api": new URL("./src/plugins/plugin-api.ts", import.meta.url).pathname } },
   test: {
     include: ["test/**/*.test.ts"],
     setupFiles: ["test/setup.ts"],

@@ -9,7 +9,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the tests use; installed only when missing.
 # fdisk (sfdisk) and xorriso build the partitioned and ISO images of the image-safety corpus.
-debian_packages=(openssl qemu-utils fdisk xorriso)
+debian_packages=(openssl qemu-utils fdisk xorriso xz-utils zstd unzip zip)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -167,6 +167,12 @@ export interface ConversionJob extends CallOptions {
   inputPath: string;
   /** Where to write the converted image; the host removes it if the job fails. */
   outputPath: string;
+  /**
+   * The most bytes the output may take, when the host sets a cap (decompressing an upload).
+   * A converter that would write more stops, removes its output and rejects with an error
+   * whose `code` is "OUTPUT_TOO_LARGE". Optional: the host checks the output's size after too.
+   */
+  maxOutputBytes?: number;
   /** Called with work done so far out of `total` (bytes, or another unit): never decreasing, ending with done equal to total. */
   onProgress?(done: number, total: number): void;
 }

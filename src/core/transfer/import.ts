@@ -1,5 +1,5 @@
 import { createHash, type Hash } from "node:crypto";
-import { stat } from "node:fs/promises";
+import { rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { ImageInspector } from "../../inspect/index.js";
 import { isStoreError } from "../../plugins/plugin-api.js";
@@ -9,10 +9,11 @@ import { isDomainError } from "../errors.js";
 import type { TaskResult } from "../task.js";
 import { whileUnavailable } from "../retry.js";
 import { convert, describeImage, measureConversion } from "./convert.js";
+import { decompressUpload } from "./decompress.js";
 import { withDeadline } from "./deadline.js";
 import { imageKey, isHandover, type Executor, type TaskRun, type TransferEnvironment } from "./environment.js";
 import { taskFailure } from "./failure.js";
-import { refuseConverted, refuseUpload, sourceFormat } from "./inspection.js";
+import { inspectFile, refuseConverted, refuseUpload, sourceFormat } from "./inspection.js";
 import { downloadToFile, fanOut, fileChunks, type StoreTarget } from "./streams.js";
 
 /** What ImportImage records on the task for the worker. */
@@ -52,11 +53,11 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     if (info.size > config.maxImageBytes) {
       throw taskFailure("IMAGE_TOO_LARGE", `the upload is ${info.size} bytes; the limit is ${config.maxImageBytes}`);
     }
-    const sourcePath = join(run.workDir, "source");
+    const uploadPath = join(run.workDir, "upload");
     const expected: Hash | undefined = input.expectedHash && createHash(input.expectedHash.algorithm);
     const inspector = new ImageInspector();
     run.progress("fetching", 0, info.size);
-    await downloadToFile(source.store.instance, source.key, sourcePath, {
+    await downloadToFile(source.store.instance, source.key, uploadPath, {
       signal,
       maxBytes: config.maxImageBytes,
       hashes: expected ? [expected] : [],
@@ -67,8 +68,15 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
       throw taskFailure("CHECKSUM_MISMATCH", `the upload's ${input.expectedHash.algorithm} is not the expected ${input.expectedHash.value}`);
     }
 
+    // decompressing: a compressed upload is judged by the image inside it, which must fit the size limit too.
+    const sourcePath = join(run.workDir, "source");
+    const decompressed = await decompressUpload(env, { inputPath: uploadPath, outputPath: sourcePath, maxBytes: config.maxImageBytes, signal }, (done, total) =>
+      run.progress("decompressing", done, total),
+    );
+    if (!decompressed) await rename(uploadPath, sourcePath);
+
     // inspecting: the inspector's verdict first, then qemu-img's own reading of the header as a second layer.
-    const report = inspector.finish();
+    const report = decompressed ? await inspectFile(sourcePath, signal) : inspector.finish();
     const size = report.size;
     run.progress("inspecting", 0, size);
     refuseUpload(report, input.diskFormat, config.maxVirtualBytes);
@@ -156,7 +164,7 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
 }
 
 /** Task error reasons that mean the uploaded bytes themselves are unsafe or broken. */
-const REFUSED_DATA = new Set(["UNSAFE_IMAGE", "INVALID_IMAGE"]);
+const REFUSED_DATA = new Set(["UNSAFE_IMAGE", "INVALID_IMAGE", "DECOMPRESSED_TOO_LARGE"]);
 
 /** An upload staged through a temporary URL has served its purpose; a customer's own object stays. */
 async function removeStagedUpload(env: TransferEnvironment, source: StoreObject): Promise<void> {
