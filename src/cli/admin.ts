@@ -54,9 +54,9 @@ const pluginColumns: Column<Plugin>[] = [
   { header: "VERSION", value: (p) => orDash(p.version) },
   { header: "API", value: (p) => orDash(p.apiVersion) },
   { header: "STATE", value: (p) => enumName(PluginStateSchema, p.state) },
-  { header: "PATH", value: (p) => orDash(p.path) },
   // Calls that failed or timed out since start-up: a misbehaving plugin shows here.
   { header: "ERRORS", value: (p) => String(p.errorCount) },
+  { header: "PATH", value: (p) => orDash(p.path) },
   { header: "ERROR", value: (p) => (p.state === PluginState.FAILED ? orDash(p.error) : "") },
 ];
 

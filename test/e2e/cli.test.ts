@@ -139,8 +139,8 @@ describe("itx (built) against a running server", { timeout: 30_000 }, () => {
     expect(fs).toMatchObject({ kind: "PLUGIN_KIND_STORE", state: "PLUGIN_STATE_LOADED", error: "" });
 
     const table = await itx(["plugins", "list"]);
-    expect(table.stdout).toMatch(/^ID\s+KIND\s+VERSION\s+API\s+STATE\s+PATH\n/);
-    expect(table.stdout).toMatch(/store-filesystem\s+store\s+\S+\s+\S+\s+loaded\s+/);
+    expect(table.stdout).toMatch(/^ID\s+KIND\s+VERSION\s+API\s+STATE\s+ERRORS\s+PATH\n/);
+    expect(table.stdout).toMatch(/store-filesystem\s+store\s+\S+\s+\S+\s+loaded\s+0\s+/);
   });
 
   it("tasks list --json gives an empty list", async () => {

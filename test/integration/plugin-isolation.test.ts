@@ -10,7 +10,7 @@ import { DiskFormat } from "../../src/gen/imagetransfer/v1/image_pb.js";
 import { TaskState } from "../../src/gen/imagetransfer/v1/task_pb.js";
 import { TransferService } from "../../src/gen/imagetransfer/v1/transfer_pb.js";
 import { buildImage, buildSourceRaw, MiB } from "../helpers/disk-images.js";
-import { repoRoot } from "../helpers/built-cli.js";
+import { ensureBuilt, repoRoot, runCli } from "../helpers/built-cli.js";
 import { startTestService, type TestService } from "../helpers/service.js";
 import { importFile, uploadFile, watchToEnd } from "../helpers/transfer.js";
 
@@ -64,6 +64,7 @@ describe("plugin isolation: a misbehaving plugin fails only the task that used i
   let vhdx: string;
 
   beforeAll(async () => {
+    await ensureBuilt();
     dir = await mkdtemp(join(tmpdir(), "itx-bad-plugins-"));
     work = await mkdtemp(join(tmpdir(), "itx-isolation-"));
     const api = pathToFileURL(join(repoRoot, "src/plugins/plugin-api.ts")).href;
@@ -182,4 +183,17 @@ describe("plugin isolation: a misbehaving plugin fails only the task that used i
       expect(after.get("@imagetransfer/converter-qemu-img")).toBe(0n);
     }, 60_000);
   }
+
+  it("itx plugins list shows each plugin's error count", async () => {
+    const run = await runCli(["plugins", "list"], { env: { ITX_SERVER: service.url } });
+    expect(run.code, run.stderr).toBe(0);
+    const lines = run.stdout.trimEnd().split("\n");
+    expect(lines[0]).toMatch(/^ID\s+KIND\s+VERSION\s+API\s+STATE\s+ERRORS\s+PATH$/);
+    const counts = await errorCounts();
+    for (const id of ["store-throws", "converter-hangs", "@imagetransfer/store-filesystem"]) {
+      const row = lines.find((l) => l.startsWith(`${id} `));
+      expect(row, id).toMatch(new RegExp(`\\sloaded\\s+${counts.get(id)}\\s`));
+    }
+    expect(counts.get("store-throws")).toBeGreaterThan(0n);
+  });
 });
