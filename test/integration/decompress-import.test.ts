@@ -101,7 +101,7 @@ describe("from an external --plugins-dir", () => {
     await ensureBuilt();
     pluginsDir = join(dir, "plugins");
     const copy = join(pluginsDir, "decompress");
-    await cp(join(repoRoot, "dist/plugins/converter-decompress"), copy, { recursive: true, filter: (file) => !file.endsWith(".map") });
+    await cp(join(repoRoot, "dist/plugins/converter-decompress"), copy, { recursive: true, filter: (file) => !file.endsWith(".map") && !file.includes("/node_modules") });
     await mkdir(join(copy, "node_modules"));
     await symlink(repoRoot, join(copy, "node_modules", "imagetransfer"));
     external = await startTestService({ pluginsDirs: [pluginsDir] });
