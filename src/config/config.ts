@@ -50,7 +50,10 @@ export const configSchema = z
      * only when they stop making progress.
      */
     pluginCallTimeoutSeconds: z.number().positive().default(60),
-    /** How long a read, write or conversion may go without progress (bytes moved, progress reported) before it fails with PLUGIN_TIMEOUT. */
+    /**
+     * How long a read, write or conversion may go without progress (bytes moved, progress
+     * reported, the output file growing) before it fails with PLUGIN_TIMEOUT.
+     */
     pluginStallTimeoutSeconds: z.number().positive().default(300),
     /** Default lifetime of temporary upload and download URLs. */
     urlTtlSeconds: z.number().int().min(1).max(7 * 24 * 3600).default(3600),

@@ -1,3 +1,4 @@
+import { stat } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { taskFailure } from "../core/transfer/failure.js";
 import { isDomainError, type DomainError } from "../core/errors.js";
@@ -15,7 +16,7 @@ export interface PluginGuard {
   pluginId: string;
   /** Limit of calls that should be short: stat, delete, list, presign, open, describe, measure, opening a read. */
   callTimeoutMs: number;
-  /** Limit of a stall inside a long call: no bytes from a read, no chunk taken by a write, no progress from a convert. */
+  /** Limit of a stall inside a long call: no bytes from a read, no chunk taken by a write, a convert neither reporting progress nor growing its output. */
   stallTimeoutMs: number;
   /** Called once per failure the plugin caused, to count it. */
   failed(): void;
@@ -237,11 +238,21 @@ export function guardConverter(guard: PluginGuard, driver: ConverterDriver): Con
       const controller = new AbortController();
       const signal = job.signal ? AbortSignal.any([job.signal, controller.signal]) : controller.signal;
       let timer: NodeJS.Timeout | undefined;
+      let finished = false;
       let stalled: (err: unknown) => void = () => {};
       const stall = new Promise<never>((_, reject) => (stalled = reject));
+      // Progress is what the converter reports or its output growing: a converter that
+      // reports rarely (qemu-img every 1 %) or only at the end (a copy) is not cut while it writes.
+      let outputSize = -1;
       const restartStallClock = () => {
         clearTimeout(timer);
-        timer = setTimeout(() => {
+        timer = setTimeout(async () => {
+          const size = await stat(job.outputPath).then((s) => s.size, () => -1);
+          if (finished) return;
+          if (size !== outputSize) {
+            outputSize = size;
+            return restartStallClock();
+          }
           stalled(timedOut(guard, "convert", guard.stallTimeoutMs, "made no progress"));
           controller.abort();
         }, guard.stallTimeoutMs);
@@ -256,6 +267,7 @@ export function guardConverter(guard: PluginGuard, driver: ConverterDriver): Con
       } catch (err) {
         throw converterFailure(guard, "convert", err, job.signal);
       } finally {
+        finished = true;
         clearTimeout(timer);
       }
     },

@@ -1,6 +1,9 @@
+import { appendFile, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Readable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { guardStore, type PluginGuard } from "../../src/plugins/guard.js";
+import { guardConverter, guardStore, type PluginGuard } from "../../src/plugins/guard.js";
 import { StoreError, type StoreInstance } from "../../src/plugins/plugin-api.js";
 
 function guardOf(limits: { callTimeoutMs?: number; stallTimeoutMs?: number } = {}): PluginGuard & { failures: number } {
@@ -104,5 +107,36 @@ describe("plugin guard around a store", () => {
     const store = guardStore(guard, fakeStore({ read: async () => new Readable({ read() {} }) }));
     const stream = await store.read("k");
     await expect(stream.toArray()).rejects.toMatchObject({ reason: "PLUGIN_TIMEOUT", message: 'plugin "store-x" made no progress in read within 0.2 s' });
+  });
+});
+
+describe("plugin guard around a converter", () => {
+  it("lets a conversion that reports no progress run on while its output grows, and cuts it once the output stops growing", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "itx-guard-"));
+    try {
+      const guard = guardOf({ stallTimeoutMs: 200 });
+      const writer = (rounds: number, hang: boolean) =>
+        guardConverter(guard, {
+          conversions: [{ from: "qcow2", to: "raw" }],
+          convert: async (job) => {
+            for (let i = 0; i < rounds; i++) {
+              await appendFile(job.outputPath, Buffer.alloc(1024));
+              await new Promise((r) => setTimeout(r, 100));
+            }
+            if (hang) await new Promise(() => {});
+          },
+        });
+      const job = { from: "qcow2", to: "raw", inputPath: join(dir, "in"), outputPath: join(dir, "out") };
+      // Ten rounds of 100 ms: five times the stall limit, with no progress reported.
+      await expect(writer(10, false).convert(job)).resolves.toBeUndefined();
+      expect(guard.failures).toBe(0);
+      await expect(writer(2, true).convert({ ...job, outputPath: join(dir, "out2") })).rejects.toMatchObject({
+        reason: "PLUGIN_TIMEOUT",
+        message: 'plugin "store-x" made no progress in convert within 0.2 s',
+      });
+      expect(guard.failures).toBe(1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
