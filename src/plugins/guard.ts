@@ -178,8 +178,8 @@ async function withStallLimit<T>(guard: PluginGuard, call: string, promise: Prom
 }
 
 /**
- * A write, cut when the plugin stalls: while it holds a chunk without asking for the
- * next, or after the source ended without finishing. Time spent waiting for the source
+ * A write, cut when the plugin stalls: before it asks for the first chunk, while it
+ * holds a chunk without asking for the next, or after the source ended without finishing. Time spent waiting for the source
  * is not the plugin's.
  */
 async function guardWrite(
@@ -217,6 +217,8 @@ async function guardWrite(
     }
     startStallClock();
   }
+  // Until the plugin asks for the first chunk, it is the one holding the write up.
+  startStallClock();
   try {
     return await Promise.race([Promise.resolve().then(() => instance.write(key, watched(), { ...options, signal })), stall]);
   } catch (err) {
@@ -229,7 +231,7 @@ async function guardWrite(
 
 /**
  * A converter whose calls cannot hurt the host: describe and measure are short calls;
- * a conversion may run for as long as it keeps reporting progress.
+ * a conversion may run for as long as it keeps reporting progress or growing its output.
  */
 export function guardConverter(guard: PluginGuard, driver: ConverterDriver): ConverterDriver {
   return {

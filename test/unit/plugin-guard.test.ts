@@ -67,6 +67,13 @@ describe("plugin guard around a store", () => {
     expect(guard.failures).toBe(1);
   });
 
+  it("cuts a write whose plugin never asks for the first chunk", async () => {
+    const guard = guardOf({ stallTimeoutMs: 200 });
+    const store = guardStore(guard, fakeStore({ write: () => new Promise(() => {}) }));
+    await expect(store.write("k", chunks(1))).rejects.toMatchObject({ reason: "PLUGIN_TIMEOUT" });
+    expect(guard.failures).toBe(1);
+  });
+
   it("does not blame the plugin for a slow source, and lets the source's own error through", async () => {
     const guard = guardOf({ stallTimeoutMs: 200 });
     const store = guardStore(guard, fakeStore({
