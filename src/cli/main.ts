@@ -4,6 +4,7 @@ import { Command, CommanderError } from "commander";
 import { registerAdmin } from "./admin.js";
 import { registerCompletion } from "./completion.js";
 import { registerImages } from "./images.js";
+import { registerPlugins } from "./plugins.js";
 import { ExitCode, exitCodesHelp, reportError } from "./output.js";
 import { registerServe } from "./serve.js";
 import { registerTasks } from "./tasks.js";
@@ -32,6 +33,7 @@ registerImages(program);
 registerTasks(program);
 registerTransfer(program);
 registerAdmin(program);
+registerPlugins(program);
 registerCompletion(program);
 program.addHelpText("after", exitCodesHelp);
 
