@@ -124,8 +124,8 @@ function parseDescriptor(bytes: Bytes): { extents: Extent[]; findings: Finding[]
   const findings: Finding[] = [];
   const nul = bytes.indexOf(0);
   const body = bytes.subarray(0, nul < 0 ? bytes.length : nul);
-  // Everything after the text is padding: zeros to the end of the descriptor area.
-  if (nul >= 0 && bytes.subarray(nul).some((b) => b !== 0)) findings.push(finding("VMDK_DESCRIPTOR_INVALID", "the vmdk descriptor has bytes after its end"));
+  // The text ends at the first NUL, as qemu reads it; what follows is ignored. (qemu-img itself
+  // leaves stale bytes there when it rewrites a descriptor with a shorter CID.)
   const text = latin1(body);
   if (/[^\t\n\r\x20-\x7e]/.test(text)) findings.push(finding("VMDK_DESCRIPTOR_INVALID", "the vmdk descriptor holds bytes that are not text"));
   const extents: Extent[] = [];
