@@ -148,10 +148,19 @@ function guardReadStream(guard: PluginGuard, stream: Readable, signal: AbortSign
   let streamError: unknown;
   stream.on("error", (err) => (streamError ??= err));
   const chunks = stream[Symbol.asyncIterator]();
+  // One watchdog for the whole read, re-armed per chunk: a timer per chunk would cost more than the copy.
+  let stalled: ((err: unknown) => void) | undefined;
+  const watchdog = setTimeout(() => stalled?.(timedOut(guard, "read", guard.stallTimeoutMs, "made no progress")), guard.stallTimeoutMs);
+  const nextChunk = () =>
+    new Promise<IteratorResult<unknown>>((resolve, reject) => {
+      stalled = reject;
+      watchdog.refresh();
+      chunks.next().then(resolve, reject);
+    }).finally(() => (stalled = undefined));
   async function* guardedChunks(): AsyncGenerator<Buffer> {
     try {
       for (;;) {
-        const next = await withStallLimit(guard, "read", chunks.next());
+        const next = await nextChunk();
         if (next.done) break;
         yield next.value as Buffer;
       }
@@ -159,28 +168,17 @@ function guardReadStream(guard: PluginGuard, stream: Readable, signal: AbortSign
     } catch (err) {
       throw failure(guard, "read", err, signal);
     } finally {
+      clearTimeout(watchdog);
       stream.destroy();
     }
   }
   return Readable.from(guardedChunks(), { objectMode: false });
 }
 
-async function withStallLimit<T>(guard: PluginGuard, call: string, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const stall = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(timedOut(guard, call, guard.stallTimeoutMs, "made no progress")), guard.stallTimeoutMs);
-  });
-  try {
-    return await Promise.race([promise, stall]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /**
  * A write, cut when the plugin stalls: before it asks for the first chunk, while it
- * holds a chunk without asking for the next, or after the source ended without finishing. Time spent waiting for the source
- * is not the plugin's.
+ * holds a chunk without asking for the next, or after the source ended without finishing.
+ * Time spent waiting for the source is not the plugin's.
  */
 async function guardWrite(
   guard: PluginGuard,
