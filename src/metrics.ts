@@ -53,6 +53,12 @@ export class Metrics {
     labelNames: ["store", "direction"],
     registers: [this.registry],
   });
+  readonly inspectorFindings = new Counter({
+    name: "itx_inspector_findings_total",
+    help: "Findings that made the inspector refuse an upload or a converted image, by finding code (e.g. QCOW2_BACKING_FILE, POLYGLOT).",
+    labelNames: ["code"],
+    registers: [this.registry],
+  });
   readonly storeErrors = new Counter({
     name: "itx_store_errors_total",
     help: "Failed store calls, after retries, by store and error kind.",

@@ -150,7 +150,7 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
   container.registerSingleton(TaskHub);
   const runner = new TaskRunner(
     container.resolve(TaskHub),
-    { config, repository, stores, plugins, logger },
+    { config, repository, stores, plugins, logger, metrics },
     { import: runImport, export: runExport, copy: runCopy },
     logger,
     metrics,

@@ -7,7 +7,7 @@ import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { DiskFormat, ImageService } from "../../src/gen/imagetransfer/v1/image_pb.js";
 import { TaskState } from "../../src/gen/imagetransfer/v1/task_pb.js";
-import { buildImage, buildSourceRaw, MiB } from "../helpers/disk-images.js";
+import { buildImage, buildSourceRaw, MiB, qemuImg } from "../helpers/disk-images.js";
 import { startTestService, type TestService } from "../helpers/service.js";
 import { importFile } from "../helpers/transfer.js";
 
@@ -74,4 +74,14 @@ it("serves Prometheus text on its own listener whose counters move as an import 
   // No label carries an id: every label value is short and from a bounded set.
   const uuid = /[0-9a-f]{8}-[0-9a-f]{4}-/;
   for (const family of after.families) for (const sample of family.metrics) for (const value of Object.values(sample.labels ?? {})) expect(value).not.toMatch(uuid);
+});
+
+it("counts the inspector's refusals by finding code", async () => {
+  const base = await buildImage(await buildSourceRaw(join(dir, "base.raw"), 1 * MiB), "qcow2", join(dir, "base.qcow2"));
+  const overlay = join(dir, "overlay.qcow2");
+  await qemuImg(["create", "-f", "qcow2", "-b", base, "-F", "qcow2", overlay]);
+  const before = total(await scrape(), "itx_inspector_findings_total", { code: "QCOW2_BACKING_FILE" });
+  const task = await importFile(service.url, overlay, DiskFormat.QCOW2);
+  expect(task.error?.reason).toBe("UNSAFE_IMAGE");
+  expect(total(await scrape(), "itx_inspector_findings_total", { code: "QCOW2_BACKING_FILE" })).toBe(before + 1);
 });

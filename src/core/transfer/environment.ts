@@ -4,6 +4,7 @@ import type { Repository } from "../../persistence/repository.js";
 import type { PluginRegistry } from "../../plugins/registry.js";
 import type { ConfiguredStore } from "../stores.js";
 import type { TaskRecord, TaskResult } from "../task.js";
+import type { Metrics } from "../../metrics.js";
 
 /** What every transfer needs from the service around it. */
 export interface TransferEnvironment {
@@ -12,6 +13,7 @@ export interface TransferEnvironment {
   stores: ConfiguredStore[];
   plugins: PluginRegistry;
   logger: Logger;
+  metrics: Metrics;
 }
 
 /** One attempt at running a task. */

@@ -41,7 +41,7 @@ export const runExport: Executor = async (run, env) => {
       { from: image.diskFormat ?? env.config.runtimeFormat, to: input.diskFormat, inputPath: sourcePath, outputPath: exportPath, signal },
       { bytesTotal: image.virtualSize, report: (done, total) => run.progress("converting", done, total) },
     );
-    await refuseConverted(exportPath, input.diskFormat, signal);
+    await refuseConverted(exportPath, input.diskFormat, signal, env.metrics);
     const size = (await stat(exportPath)).size;
     const lane = { store: target.name, instance: target.instance, key };
     return (await fanOut(fileChunks(exportPath, signal), [lane], { signal, onBytes: (done) => run.progress("storing", done, size) })).outcomes;

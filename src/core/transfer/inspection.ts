@@ -1,5 +1,6 @@
 import { open } from "node:fs/promises";
 import { assessConverted, assessUpload, ImageInspector, type InspectionReport } from "../../inspect/index.js";
+import type { Metrics } from "../../metrics.js";
 import type { DiskFormat } from "../image.js";
 import { taskFailure } from "./failure.js";
 import { CHUNK_BYTES } from "./streams.js";
@@ -32,15 +33,21 @@ export async function inspectFile(path: string, signal: AbortSignal): Promise<In
 }
 
 /** Fails the task when the uploaded image must not go further (before any converter sees it). */
-export function refuseUpload(report: InspectionReport, declared: DiskFormat | undefined, maxVirtualBytes: number): void {
+export function refuseUpload(report: InspectionReport, declared: DiskFormat | undefined, maxVirtualBytes: number, metrics: Metrics): void {
   const refusal = assessUpload(report, { declared, maxVirtualBytes });
-  if (refusal) throw taskFailure(refusal.reason, refusal.message);
+  if (refusal) throw refused(report, refusal, metrics);
 }
 
 /** The backstop: a converted image must be exactly `format`, with nothing found. */
-export async function refuseConverted(path: string, format: DiskFormat, signal: AbortSignal): Promise<void> {
-  const refusal = assessConverted(await inspectFile(path, signal), format);
-  if (refusal) throw taskFailure(refusal.reason, refusal.message);
+export async function refuseConverted(path: string, format: DiskFormat, signal: AbortSignal, metrics: Metrics): Promise<void> {
+  const report = await inspectFile(path, signal);
+  const refusal = assessConverted(report, format);
+  if (refusal) throw refused(report, refusal, metrics);
+}
+
+function refused(report: InspectionReport, refusal: { reason: string; message: string }, metrics: Metrics) {
+  for (const code of new Set(report.findings.map((f) => f.code))) metrics.inspectorFindings.inc({ code });
+  return taskFailure(refusal.reason, refusal.message);
 }
 
 /** The format a converter reads an inspected image as: a partitioned raw disk is raw. */
