@@ -79,7 +79,7 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     const report = decompressed ? await inspectFile(sourcePath, signal) : inspector.finish();
     const size = report.size;
     run.progress("inspecting", 0, size);
-    refuseUpload(report, input.diskFormat, config.maxVirtualBytes);
+    refuseUpload(report, input.diskFormat, config.maxVirtualBytes, env.metrics);
     const format = sourceFormat(report);
     const description = await describeImage(env, sourcePath, format, signal);
     const virtualSize = description?.virtualSize ?? report.virtualSize ?? size;
@@ -100,7 +100,7 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
       { from: format, to: config.runtimeFormat, inputPath: sourcePath, outputPath: runtimePath, signal },
       { bytesTotal: virtualSize, report: (done, total) => run.progress("converting", done, total) },
     );
-    await refuseConverted(runtimePath, config.runtimeFormat, signal);
+    await refuseConverted(runtimePath, config.runtimeFormat, signal, env.metrics);
 
     // storing
     const targets = (input.stores.length > 0 ? input.stores : [""]).map((name) => {
