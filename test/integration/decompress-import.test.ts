@@ -5,7 +5,7 @@
 import { execFile } from "node:child_process";
 import { cp, mkdir, mkdtemp, readdir, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -61,7 +61,7 @@ describe("compressed uploads", () => {
     ["gzip", (i: string, o: string) => `gzip -c ${i} > ${o}`],
     ["xz", (i: string, o: string) => `xz -0 -c ${i} > ${o}`],
     ["zstd", (i: string, o: string) => `zstd -q -c ${i} > ${o}`],
-    ["zip", (i: string, o: string) => `cd ${dir} && zip -q - disk.raw > ${o}`],
+    ["zip", (i: string, o: string) => `cd ${dirname(i)} && zip -q - ${basename(i)} > ${o}`],
   ])("a %s of a raw disk is imported as that disk", async (format, compress) => {
     const upload = join(dir, `disk.raw.${format}`);
     await sh(compress(raw, upload));

@@ -1,4 +1,5 @@
 import { open, rm } from "node:fs/promises";
+import { isPluginFailure } from "../../plugins/guard.js";
 import type { TransferEnvironment } from "./environment.js";
 import { taskFailure } from "./failure.js";
 
@@ -41,6 +42,7 @@ export async function decompressUpload(
   } catch (err) {
     await rm(outputPath, { force: true });
     signal.throwIfAborted();
+    if (isPluginFailure(err)) throw err;
     if ((err as { code?: unknown }).code === "OUTPUT_TOO_LARGE") {
       throw taskFailure("DECOMPRESSED_TOO_LARGE", `the ${compression} upload decompresses to more than the limit of ${maxBytes} bytes`, err);
     }
