@@ -1,6 +1,8 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { taskStates, taskTypes } from "./core/task.js";
+import type { Repository } from "./persistence/repository.js";
 
 /**
  * The service's Prometheus metrics, in a registry of its own (never prom-client's global
@@ -42,6 +44,12 @@ export class Metrics {
     buckets: [0.1, 0.5, 2, 10, 60, 300, 1800],
     registers: [this.registry],
   });
+  readonly tasks = new Gauge({
+    name: "itx_tasks",
+    help: "Tasks in the database (all processes), by type and state; read from the database at each scrape.",
+    labelNames: ["type", "state"],
+    registers: [this.registry],
+  });
   readonly tasksRunning = new Gauge({
     name: "itx_tasks_running",
     help: "Tasks this process runs now, each under a lease it holds.",
@@ -68,6 +76,19 @@ export class Metrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: "itx_" });
+  }
+
+  /** Makes each scrape count the database's tasks (a few indexed counts); an unreachable database leaves the gauge as it was. */
+  countTasksIn(repository: Pick<Repository, "countTasks">): void {
+    const gauge = this.tasks;
+    Object.assign(gauge, {
+      async collect() {
+        const counts = await Promise.all(
+          taskTypes.flatMap((type) => taskStates.map(async (state) => ({ type, state, count: await repository.countTasks({ type, state }) }))),
+        ).catch(() => undefined);
+        for (const { type, state, count } of counts ?? []) gauge.set({ type, state }, count);
+      },
+    });
   }
 }
 

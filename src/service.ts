@@ -128,6 +128,7 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
   });
   await loadPlugins([builtInPluginsDir, ...config.pluginsDirs], plugins, logger);
   const metrics = new Metrics();
+  metrics.countTasksIn(repository);
   const stores = await openStores(config.stores, {
     region: config.region,
     dataDir: config.dataDir,

@@ -1,5 +1,7 @@
-export type TaskType = "import" | "export" | "copy";
-export type TaskState = "pending" | "running" | "succeeded" | "failed" | "canceled";
+export const taskTypes = ["import", "export", "copy"] as const;
+export type TaskType = (typeof taskTypes)[number];
+export const taskStates = ["pending", "running", "succeeded", "failed", "canceled"] as const;
+export type TaskState = (typeof taskStates)[number];
 
 export interface TaskProgress {
   stage: string;

@@ -71,6 +71,9 @@ it("serves Prometheus text on its own listener whose counters move as an import 
   expect(total(after, "itx_rpc_requests_total", { method: "imagetransfer.v1.TransferService/ImportImage", code: "OK" })).toBe(1);
   expect(total(after, "itx_rpc_requests_total", { method: "imagetransfer.v1.ImageService/GetImage", code: "InvalidArgument" })).toBe(1);
   expect(total(after, "itx_tasks_running")).toBe(0);
+  // Tasks by type and state, as the database holds them.
+  expect(total(after, "itx_tasks", { type: "import", state: "succeeded" })).toBe(1);
+  expect(total(after, "itx_tasks", { state: "running" })).toBe(0);
   // No label carries an id: every label value is short and from a bounded set.
   const uuid = /[0-9a-f]{8}-[0-9a-f]{4}-/;
   for (const family of after.families) for (const sample of family.metrics) for (const value of Object.values(sample.labels ?? {})) expect(value).not.toMatch(uuid);
