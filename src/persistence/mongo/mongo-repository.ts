@@ -131,9 +131,8 @@ export class MongoRepository implements Repository {
         };
       }),
     );
-    // After the commit: a crash in between leaves the usage high, never low.
     const delta = imageUsageDelta(before!, updated);
-    if (delta) await this.changeUsage(updated.owner, delta);
+    if (delta) await this.settleUsage(updated.owner, delta);
     return updated;
   }
 
@@ -171,8 +170,17 @@ export class MongoRepository implements Repository {
       }),
     );
     const delta = taskUsageDelta(before!, updated);
-    if (delta) await this.changeUsage(updated.owner, delta);
+    if (delta) await this.settleUsage(updated.owner, delta);
     return updated;
+  }
+
+  /**
+   * Follows a committed change with its usage change. The change stands whatever happens
+   * here (its caller must not retry it), so a failure (the database went away in between,
+   * like a crash) is not reported: it leaves the usage high, never low.
+   */
+  private async settleUsage(owner: string, delta: Partial<Usage>): Promise<void> {
+    await this.changeUsage(owner, delta).catch(() => undefined);
   }
 
   /**
