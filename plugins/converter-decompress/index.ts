@@ -11,7 +11,7 @@
  * stops at once, the output is removed and the job rejects with code OUTPUT_TOO_LARGE.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { createReadStream, createWriteStream } from "node:fs";
+import { createReadStream, createWriteStream, type ReadStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -33,16 +33,16 @@ export default defineConverterPlugin({
 async function convert(job: ConversionJob): Promise<void> {
   const { signal } = job;
   const children: ChildProcess[] = [];
+  let input: ReadStream | undefined;
   try {
     signal?.throwIfAborted();
     const { size } = await fs.stat(job.inputPath);
     let read = 0;
     // Progress counts compressed bytes read, the only total known up front.
-    const input = createReadStream(job.inputPath).on("data", (chunk) => report(job, (read += chunk.length), size));
+    input = createReadStream(job.inputPath).on("data", (chunk) => report(job, (read += chunk.length), size));
     let decompressed: Readable;
     if (job.from === "gzip") {
       decompressed = input.pipe(createGunzip());
-      input.on("error", (err) => decompressed.destroy(err));
     } else if (job.from === "xz" || job.from === "zstd") {
       const child = start(TOOLS[job.from]!, ["-dc"], children);
       input.pipe(child.stdin!);
@@ -52,16 +52,19 @@ async function convert(job: ConversionJob): Promise<void> {
       input.destroy();
       const entries = (await run("unzip", ["-Z1", job.inputPath], signal)).split("\n").filter((name) => name !== "" && !name.endsWith("/"));
       if (entries.length !== 1) throw new Error(`a zip upload must hold exactly one file, not ${entries.length}`);
-      decompressed = start("unzip", ["-p", job.inputPath, entries[0]!], children).stdout!;
+      // No stdin: an encrypted entry fails instead of waiting for a password.
+      decompressed = start("unzip", ["-p", job.inputPath, entries[0]!], children, "ignore").stdout!;
     } else {
       throw new Error(`the decompression converter cannot convert ${job.from} to ${job.to}`);
     }
+    input.on("error", (err) => decompressed.destroy(err));
     const processes = children.map(exited);
     for (const p of processes) p.catch(() => {}); // awaited below, after the copy's own error
     await pipeline(decompressed, capped(job.maxOutputBytes), createWriteStream(job.outputPath), { signal });
     await Promise.all(processes);
     report(job, size, size);
   } catch (err) {
+    input?.destroy();
     for (const child of children) child.kill("SIGKILL");
     await Promise.all(children.map((child) => exited(child).catch(() => {})));
     await fs.rm(job.outputPath, { force: true });
@@ -89,8 +92,8 @@ function report(job: ConversionJob, done: number, total: number): void {
   }
 }
 
-function start(command: string, args: string[], children: ChildProcess[]): ChildProcess {
-  const child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe"] });
+function start(command: string, args: string[], children: ChildProcess[], stdin: "pipe" | "ignore" = "pipe"): ChildProcess {
+  const child = spawn(command, args, { stdio: [stdin, "pipe", "pipe"] });
   children.push(child);
   return child;
 }
