@@ -76,6 +76,17 @@ describe("compressed uploads", () => {
     await expectActiveWithDisk(service, task);
   });
 
+  it("a truncated gzip fails as INVALID_IMAGE, saying it cannot be decompressed", async () => {
+    const truncated = join(dir, "truncated.gz");
+    await sh(`gzip -c ${raw} > ${truncated}.whole && head -c 100000 ${truncated}.whole > ${truncated}`);
+    const { task } = await importUpload(service, truncated, DiskFormat.RAW);
+    expect(task.state).toBe(TaskState.FAILED);
+    expect(task.error?.reason).toBe("INVALID_IMAGE");
+    expect(task.error?.message).toMatch(/^the gzip upload cannot be decompressed: /);
+    expect(task.error?.message).not.toContain(service.dataDir);
+    expect(await listFiles(join(service.dataDir, "work")), "work files left").toEqual([]);
+  });
+
   it("a bomb (1 GiB of zeros, gzipped) fails with DECOMPRESSED_TOO_LARGE and leaves nothing", async () => {
     const bomb = join(dir, "bomb.gz");
     await sh(`head -c 1G /dev/zero | gzip -1 > ${bomb}`);
