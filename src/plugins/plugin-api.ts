@@ -11,9 +11,10 @@ import type { Readable } from "node:stream";
 
 /**
  * The version of this contract. The host loads plugins of the same major version and
- * an equal or lower minor version.
+ * an equal or lower minor version. 1.1 added ConversionJob.maxOutputBytes and
+ * CallOptions.traceContext.
  */
-export const PLUGIN_API_VERSION = "1.0";
+export const PLUGIN_API_VERSION = "1.1";
 
 /** What a store can do; the host never calls what a store does not advertise. */
 export interface StoreCapabilities {
@@ -63,6 +64,7 @@ export interface CallOptions {
   /**
    * W3C trace-context headers of the call (`traceparent`, maybe `tracestate`), set when the
    * host traces; a plugin that talks HTTP may send them to its backend. Never required.
+   * @since 1.1
    */
   traceContext?: Record<string, string>;
 }
@@ -171,6 +173,7 @@ export interface ConversionJob extends CallOptions {
    * The most bytes the output may take, when the host sets a cap (decompressing an upload).
    * A converter that would write more stops, removes its output and rejects with an error
    * whose `code` is "OUTPUT_TOO_LARGE". Optional: the host checks the output's size after too.
+   * @since 1.1
    */
   maxOutputBytes?: number;
   /** Called with work done so far out of `total` (bytes, or another unit): never decreasing, ending with done equal to total. */

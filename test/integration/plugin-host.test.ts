@@ -79,8 +79,8 @@ describe("plugin host: broken plugins are reported and skipped, the server still
     expect(byId.get("good-memory")).toMatchObject({ state: PluginState.LOADED, version: "1.2.3", apiVersion: "1.0" });
     failed("broken-import", /Unexpected token|SyntaxError|invalid JS syntax/i);
     failed("throws-on-import", /libfoo\.so/);
-    failed("future-api", /plugin API 1\.9; this host provides 1\.0/);
-    failed("next-major", /plugin API 2\.0; this host provides 1\.0/);
+    failed("future-api", /plugin API 1\.9; this host provides 1\.1/);
+    failed("next-major", /plugin API 2\.0; this host provides 1\.1/);
     failed("not-a-definition", /defineStorePlugin/);
     failed("wrong-kind", /declares kind "converter"/);
     failed("throws-in-register", /credentials file \/etc\/boom missing/);
