@@ -11,7 +11,11 @@ export function quotaFor(config: Config, project: string): QuotaLimits {
  * then creates what it is for; if creating fails, the reservation is given back.
  */
 export async function withinQuota<T>(repository: Repository, config: Config, owner: string, delta: Partial<Usage>, create: () => Promise<T>): Promise<T> {
-  await repository.changeUsage(owner, delta, quotaFor(config, owner));
+  const limits = quotaFor(config, owner);
+  // Without a quota nothing is reserved: racing reservations cost a shared database round trips
+  // for nothing. Usage is therefore counted from when a project has a quota (see docs/security.md).
+  if (Object.values(limits).every((limit) => limit === undefined)) return create();
+  await repository.changeUsage(owner, delta, limits);
   try {
     return await create();
   } catch (err) {
