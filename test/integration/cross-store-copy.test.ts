@@ -1,7 +1,8 @@
 /**
- * CopyImage between the filesystem, S3 and Swift stores in every direction that involves
- * S3, through a real server: fs -> S3, S3 -> fs, S3 -> S3 (another bucket), S3 -> Swift and
- * Swift -> S3. S3 is Swift's s3api; Swift is the same Swift through its own API. Each copy's
+ * CopyImage between the filesystem, S3 and Swift stores in every direction, through a real
+ * server: fs -> S3, S3 -> fs, S3 -> S3 (another bucket), S3 -> Swift, Swift -> S3, fs -> Swift,
+ * Swift -> fs and Swift -> Swift (another container). S3 is Swift's s3api; Swift is the same
+ * Swift through its own API. Each copy's
  * bytes are read back from the store itself (the SDK for S3, Swift's API for Swift, the file
  * for the filesystem) and checked against the image's sha512.
  */
@@ -26,6 +27,7 @@ let service: TestService;
 let s3: S3Client;
 let buckets: { a: string; b: string };
 let container: string;
+let container2: string;
 let work: string;
 let sha512: string;
 let qcow2: string;
@@ -37,6 +39,8 @@ beforeAll(async () => {
   buckets = { a: await createBucket(s3, "itx-copy-a"), b: await createBucket(s3, "itx-copy-b") };
   container = uniqueContainer("copy");
   await createContainer(container);
+  container2 = uniqueContainer("copy2");
+  await createContainer(container2);
   work = await fs.mkdtemp(path.join(tmpdir(), "itx-copy-"));
   const raw = await buildSourceRaw(path.join(work, "source.raw"), 8 * MiB);
   qcow2 = await buildImage(raw, "qcow2", path.join(work, "source.qcow2"));
@@ -47,6 +51,7 @@ beforeAll(async () => {
       { name: "s3a", plugin: "store-s3", options: s3StoreOptions(buckets.a, { partSize: 5 * MiB }) },
       { name: "s3b", plugin: "store-s3", options: s3StoreOptions(buckets.b, { partSize: 5 * MiB }) },
       { name: "swift", plugin: "store-swift", options: swiftStoreOptions(container) },
+      { name: "swift2", plugin: "store-swift", options: swiftStoreOptions(container2) },
     ],
   });
   const transport = createGrpcTransport({ baseUrl: service.url });
@@ -58,6 +63,7 @@ afterAll(async () => {
   await service?.stop();
   for (const bucket of Object.values(buckets ?? {})) await removeBucket(s3, bucket);
   if (container) await removeContainer(container);
+  if (container2) await removeContainer(container2);
   s3?.destroy();
   if (work) await fs.rm(work, { recursive: true, force: true });
 });
@@ -79,7 +85,7 @@ async function copy(image: Image, stores: string[]): Promise<Image> {
   return (await images.getImage({ id: image.id })).image!;
 }
 
-const SCHEMES: Record<string, string> = { local: "file", s3a: "s3", s3b: "s3", swift: "swift" };
+const SCHEMES: Record<string, string> = { local: "file", s3a: "s3", s3b: "s3", swift: "swift", swift2: "swift" };
 const uriIn = (store: string, imageId: string) => `${SCHEMES[store]}://${store}/images/${imageId}`;
 
 function activeStores(image: Image): string[] {
@@ -91,7 +97,7 @@ async function storedSha512(store: string, imageId: string): Promise<string | un
   const key = `images/${imageId}`;
   if (store === "local") return (await hashFile(path.join(service.dataDir, "images", key))).sha512;
   if (store === "s3a" || store === "s3b") return objectSha512(s3, store === "s3a" ? buckets.a : buckets.b, key);
-  return swiftSha512(key);
+  return swiftSha512(store === "swift" ? container : container2, key);
 }
 
 // Each test imports (qemu-img) and copies through the service: on a busy machine that takes a while.
@@ -119,10 +125,24 @@ describe("CopyImage across stores", { timeout: 120_000 }, () => {
     expect(activeStores(copied)).toEqual(["s3b", "swift"]);
     expect(await storedSha512("s3b", image.id)).toBe(sha512);
   });
+
+  it("filesystem -> Swift", async () => {
+    const image = await importInto("local");
+    const copied = await copy(image, ["swift"]);
+    expect(activeStores(copied)).toEqual(["local", "swift"]);
+    expect(await storedSha512("swift", image.id)).toBe(sha512);
+  });
+
+  it("Swift -> filesystem and Swift -> Swift, in one CopyImage", async () => {
+    const image = await importInto("swift");
+    const copied = await copy(image, ["local", "swift2"]);
+    expect(activeStores(copied)).toEqual(["local", "swift", "swift2"]);
+    for (const store of ["local", "swift2"]) expect(await storedSha512(store, image.id), store).toBe(sha512);
+  });
 });
 
 /** The sha512 of a Swift object, read through Swift's own API; undefined when it is missing. */
-async function swiftSha512(name: string): Promise<string | undefined> {
+async function swiftSha512(container: string, name: string): Promise<string | undefined> {
   const response = await swiftRequest("GET", `/${container}/${name.split("/").map(encodeURIComponent).join("/")}`);
   if (response.status === 404) return undefined;
   expect(response.status).toBe(200);
