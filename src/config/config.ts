@@ -13,6 +13,8 @@ const storeSchema = z.strictObject({
   options: z.record(z.string(), z.unknown()).default({}),
   default: z.boolean().default(false),
   staging: z.boolean().default(false),
+  /** Imports whose every destination allows it may store encrypted qcow2 images as uploaded. */
+  allowEncryptedImages: z.boolean().default(false),
 });
 
 export const configSchema = z
@@ -80,7 +82,7 @@ export const configSchema = z
     maxConcurrentTasks: z.number().int().min(1).max(64).default(2),
     stores: z
       .array(storeSchema)
-      .default([{ name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true }]),
+      .default([{ name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true, allowEncryptedImages: false }]),
     ...authConfigKeys,
   })
   .superRefine((config, ctx) => {

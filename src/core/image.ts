@@ -23,6 +23,8 @@ export interface ImageRecord {
   osHashAlgo: string;
   osHashValue: string;
   locations: ImageLocation[];
+  /** Stored as uploaded, encrypted: it cannot be converted to another format without its key. */
+  encrypted?: boolean;
   properties: Record<string, string>;
   createTime: number;
   updateTime: number;

@@ -14,6 +14,8 @@ export interface ConfiguredStore {
   schemes: string[];
   isDefault: boolean;
   isStaging: boolean;
+  /** Encrypted qcow2 images may be stored here (as uploaded: they cannot be converted without their key). */
+  allowsEncryptedImages?: boolean;
   capabilities?: StoreCapabilities;
   /** Set when the store opened; otherwise `error` says why not. */
   instance?: StoreInstance;
@@ -45,6 +47,7 @@ export async function openStores(
       schemes: [],
       isDefault: entry.default,
       isStaging: entry.staging,
+      allowsEncryptedImages: entry.allowEncryptedImages,
     };
     const found = options.plugins.storeDriverOf(entry.plugin);
     if (!found) {

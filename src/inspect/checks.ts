@@ -23,9 +23,15 @@ const ACCEPTS: Record<string, readonly InspectedFormat[]> = {
   vdi: ["vdi"],
 };
 
-/** What an uploaded image must pass before any converter or store sees it. */
-export function assessUpload(report: InspectionReport, options: { declared?: string; maxVirtualBytes: number }): Refusal | undefined {
-  if (report.findings.length > 0) return refusal(report.findings);
+/**
+ * What an uploaded image must pass before any converter or store sees it. With
+ * `allowEncrypted` (every destination store allows encrypted images) qcow2 encryption alone
+ * is no reason to refuse; any other finding still is. LUKS stays refused: there is no luks
+ * disk_format to store it as.
+ */
+export function assessUpload(report: InspectionReport, options: { declared?: string; maxVirtualBytes: number; allowEncrypted?: boolean }): Refusal | undefined {
+  const findings = options.allowEncrypted ? report.findings.filter((f) => f.code !== "QCOW2_ENCRYPTED") : report.findings;
+  if (findings.length > 0) return refusal(findings);
   const { declared } = options;
   if (declared !== undefined && !(ACCEPTS[declared] ?? []).includes(report.format)) {
     return { reason: "FORMAT_MISMATCH", message: `the image was declared ${declared} but its data is ${report.format}` };
@@ -58,5 +64,8 @@ function refusal(findings: Finding[]): Refusal {
   const ordered = [...findings.filter(isUnsafe), ...findings.filter((f) => !isUnsafe(f))];
   return { reason: unsafe ? "UNSAFE_IMAGE" : "INVALID_IMAGE", message: `the image was refused: ${ordered.map(describe).join("; ")}` };
 }
+
+/** The image's contents are encrypted: no converter can read them without the key. */
+export const isEncrypted = (report: InspectionReport) => report.findings.some((f) => f.code === "QCOW2_ENCRYPTED");
 
 const describe = (f: Finding) => `${f.message} (${f.code})`;

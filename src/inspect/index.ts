@@ -2,7 +2,7 @@
 export { ImageInspector, InspectionError, HEAD_BYTES, TAIL_BYTES, MAX_REGION_BYTES, MAX_RETAINED_BYTES, type InspectionReport } from "./inspector.js";
 export { FINDING_CODES, isUnsafe, type Finding, type FindingCode } from "./findings.js";
 export { INSPECTED_FORMATS, type InspectedFormat } from "./types.js";
-export { assessUpload, assessConverted, type Refusal } from "./checks.js";
+export { assessUpload, assessConverted, isEncrypted, type Refusal } from "./checks.js";
 
 import { ImageInspector, type InspectionReport } from "./inspector.js";
 

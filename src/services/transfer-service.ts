@@ -100,6 +100,13 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     const image = await this.activeImage(req.imageId, ctx, "export_image");
     const format = diskFormat.fromProto(req.diskFormat, "disk_format");
     if (!format || !(exportFormats as readonly string[]).includes(format)) throw invalidArgument(`disk_format must be one of ${exportFormats.join(", ")}`);
+    // Converting an encrypted image needs its key, which the service never has.
+    if (image.encrypted && format !== image.diskFormat) {
+      throw failedPrecondition(
+        `image ${image.id} is an encrypted ${image.diskFormat} image; it cannot be converted to ${format} without its key; export it as ${image.diskFormat}`,
+        "IMAGE_ENCRYPTED",
+      );
+    }
     const store = pickStore(this.stores, req.store, "isDefault", this.config.region);
     const input: ExportInput = { diskFormat: format, store: store.name };
     return { task: taskToProto(await this.idempotent(req.idempotencyKey, ctx, (id) => this.createTask("export", image, input, id))) };
@@ -118,6 +125,10 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
   async copyImage(req: pb.CopyImageRequest, ctx: HandlerContext) {
     const image = await this.activeImage(req.imageId, ctx, "copy_image");
     if (req.stores.length === 0) throw invalidArgument("stores must name at least one store to copy to");
+    if (image.encrypted) {
+      const refusing = req.stores.filter((name) => !pickStore(this.stores, name, "isDefault", this.config.region).allowsEncryptedImages);
+      if (refusing.length > 0) throw failedPrecondition(`image ${image.id} is encrypted and store ${refusing.join(", ")} does not allow encrypted images`, "IMAGE_ENCRYPTED");
+    }
     const input: CopyInput = { stores: this.destinationStores(req.stores), allStoresMustSucceed: req.allStoresMustSucceed };
     return { task: taskToProto(await this.idempotent(req.idempotencyKey, ctx, (id) => this.createTask("copy", image, input, id))) };
   }

@@ -35,13 +35,16 @@ export const runExport: Executor = async (run, env) => {
   const sourcePath = join(run.workDir, "source");
   const [outcome] = await withDeadline(run, env.config.taskTimeoutSeconds, "export", async (signal) => {
     await fetchVerified(source, image, sourcePath, signal, (done) => run.progress("fetching", done, image.size));
-    const exportPath = join(run.workDir, "export");
-    await convert(
-      env,
-      { from: image.diskFormat ?? env.config.runtimeFormat, to: input.diskFormat, inputPath: sourcePath, outputPath: exportPath, signal },
-      { bytesTotal: image.virtualSize, report: (done, total) => run.progress("converting", done, total) },
-    );
-    await refuseConverted(exportPath, input.diskFormat, signal, env.metrics);
+    // An encrypted image cannot be converted without its key: its export is the stored copy itself.
+    const exportPath = image.encrypted ? sourcePath : join(run.workDir, "export");
+    if (!image.encrypted) {
+      await convert(
+        env,
+        { from: image.diskFormat ?? env.config.runtimeFormat, to: input.diskFormat, inputPath: sourcePath, outputPath: exportPath, signal },
+        { bytesTotal: image.virtualSize, report: (done, total) => run.progress("converting", done, total) },
+      );
+      await refuseConverted(exportPath, input.diskFormat, signal, env.metrics);
+    }
     const size = (await stat(exportPath)).size;
     const lane = { store: target.name, instance: target.instance, key };
     return (await fanOut(fileChunks(exportPath, signal), [lane], { signal, onBytes: (done) => run.progress("storing", done, size) })).outcomes;

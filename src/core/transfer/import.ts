@@ -1,7 +1,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { rename, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { ImageInspector } from "../../inspect/index.js";
+import { ImageInspector, isEncrypted } from "../../inspect/index.js";
 import { isStoreError } from "../../plugins/plugin-api.js";
 import type { DiskFormat, ImageLocation } from "../image.js";
 import { resolveStoreUri, pickStore, storeUri, type StoreObject } from "../store-uri.js";
@@ -79,46 +79,51 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     const report = decompressed ? await inspectFile(sourcePath, signal) : inspector.finish();
     const size = report.size;
     run.progress("inspecting", 0, size);
-    refuseUpload(report, input.diskFormat, config.maxVirtualBytes, env.metrics);
+    const targets = (input.stores.length > 0 ? input.stores : [""]).map((name) => pickStore(stores, name, "isDefault", config.region));
+    const allowEncrypted = targets.every((store) => store.allowsEncryptedImages === true);
+    refuseUpload(report, { declared: input.diskFormat, maxVirtualBytes: config.maxVirtualBytes, allowEncrypted }, env.metrics);
     const format = sourceFormat(report);
+    // Converting an encrypted image needs its key, which the service never has: it is stored as uploaded.
+    const encrypted = isEncrypted(report);
+    const storedFormat = encrypted ? format : config.runtimeFormat;
     const description = await describeImage(env, sourcePath, format, signal);
     const virtualSize = description?.virtualSize ?? report.virtualSize ?? size;
     if (virtualSize > config.maxVirtualBytes) {
       throw taskFailure("VIRTUAL_SIZE_TOO_LARGE", `the disk's virtual size ${virtualSize} exceeds the limit of ${config.maxVirtualBytes}`);
     }
     // Refuse before converting, not after: a raw copy is as large as the disk; others are measured.
-    const measured = config.runtimeFormat === "raw" ? virtualSize : await measureConversion(env, sourcePath, format, config.runtimeFormat, signal);
+    const measured = encrypted ? size : config.runtimeFormat === "raw" ? virtualSize : await measureConversion(env, sourcePath, format, config.runtimeFormat, signal);
     if (measured !== undefined && measured > config.maxImageBytes) {
-      throw taskFailure("IMAGE_TOO_LARGE", `stored as ${config.runtimeFormat} the image would be ${measured} bytes; the limit is ${config.maxImageBytes}`);
+      throw taskFailure("IMAGE_TOO_LARGE", `stored as ${storedFormat} the image would be ${measured} bytes; the limit is ${config.maxImageBytes}`);
     }
     run.progress("inspecting", size, size);
 
-    // converting
-    const runtimePath = join(run.workDir, "runtime");
-    await convert(
-      env,
-      { from: format, to: config.runtimeFormat, inputPath: sourcePath, outputPath: runtimePath, signal },
-      { bytesTotal: virtualSize, report: (done, total) => run.progress("converting", done, total) },
-    );
-    await refuseConverted(runtimePath, config.runtimeFormat, signal, env.metrics);
+    // converting (with its backstop), unless the image is stored as uploaded
+    let runtimePath = sourcePath;
+    if (!encrypted) {
+      runtimePath = join(run.workDir, "runtime");
+      await convert(
+        env,
+        { from: format, to: config.runtimeFormat, inputPath: sourcePath, outputPath: runtimePath, signal },
+        { bytesTotal: virtualSize, report: (done, total) => run.progress("converting", done, total) },
+      );
+      await refuseConverted(runtimePath, config.runtimeFormat, signal, env.metrics);
+    }
 
     // storing
-    const targets = (input.stores.length > 0 ? input.stores : [""]).map((name) => {
-      const store = pickStore(stores, name, "isDefault", config.region);
-      return { store: store.name, instance: store.instance, key: imageKey(imageId) };
-    });
+    const lanes = targets.map((store) => ({ store: store.name, instance: store.instance, key: imageKey(imageId) }));
     const runtimeSize = (await stat(runtimePath)).size;
     if (runtimeSize > config.maxImageBytes) {
       throw taskFailure("IMAGE_TOO_LARGE", `converted to ${config.runtimeFormat} the image is ${runtimeSize} bytes; the limit is ${config.maxImageBytes}`);
     }
-    const stored = await fanOut(fileChunks(runtimePath, signal), targets, {
+    const stored = await fanOut(fileChunks(runtimePath, signal), lanes, {
       signal,
       onBytes: (done) => run.progress("storing", done, runtimeSize),
     });
     const locations: ImageLocation[] = [];
     const failed: string[] = [];
     stored.outcomes.forEach((outcome, i) => {
-      const target = targets[i]!;
+      const target = lanes[i]!;
       const store = stores.find((s) => s.name === target.store)!;
       if (outcome.status === "fulfilled") written.push(target);
       else failed.push(target.store);
@@ -126,7 +131,7 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     });
     signal.throwIfAborted();
     if (written.length === 0 || (input.allStoresMustSucceed && failed.length > 0)) {
-      const reasons = stored.outcomes.flatMap((o, i) => (o.status === "rejected" ? [`${targets[i]!.store}: ${errorText(o.reason)}`] : []));
+      const reasons = stored.outcomes.flatMap((o, i) => (o.status === "rejected" ? [`${lanes[i]!.store}: ${errorText(o.reason)}`] : []));
       throw taskFailure("STORE_FAILED", `could not store the image in ${failed.join(", ")}: ${reasons.join("; ")}`);
     }
 
@@ -136,8 +141,9 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
       expect: ["importing"],
       status: "active",
       patch: {
-        diskFormat: config.runtimeFormat,
+        diskFormat: storedFormat,
         containerFormat: "bare",
+        ...(encrypted && { encrypted }),
         size: stored.size,
         virtualSize,
         checksum: stored.md5,

@@ -33,8 +33,12 @@ export async function inspectFile(path: string, signal: AbortSignal): Promise<In
 }
 
 /** Fails the task when the uploaded image must not go further (before any converter sees it). */
-export function refuseUpload(report: InspectionReport, declared: DiskFormat | undefined, maxVirtualBytes: number, metrics: Metrics): void {
-  const refusal = assessUpload(report, { declared, maxVirtualBytes });
+export function refuseUpload(
+  report: InspectionReport,
+  options: { declared?: DiskFormat; maxVirtualBytes: number; allowEncrypted: boolean },
+  metrics: Metrics,
+): void {
+  const refusal = assessUpload(report, options);
   if (refusal) throw refused(report, refusal, metrics);
 }
 
