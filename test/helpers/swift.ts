@@ -6,6 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { createServer, connect, type Server, type Socket } from "node:net";
 import plugin from "../../plugins/store-swift/index.js";
+import { registerPlugin } from "./register-plugin.js";
 import type { StoreDriver, StoreInstance } from "../../src/plugins/plugin-api.js";
 
 export interface SwiftSettings {
@@ -103,17 +104,7 @@ let driver: StoreDriver | undefined;
 
 /** The plugin's driver, registered as the host would. */
 export async function swiftDriver(): Promise<StoreDriver> {
-  if (!driver) {
-    const drivers: StoreDriver[] = [];
-    await plugin.register({
-      pluginId: "store-swift",
-      hostApiVersion: plugin.apiVersion,
-      logger: { info() {}, warn() {}, error() {} },
-      registerStore: (d) => void drivers.push(d),
-      registerConverter: () => {},
-    });
-    driver = drivers[0]!;
-  }
+  driver ??= (await registerPlugin(plugin)).stores[0]!;
   return driver;
 }
 
