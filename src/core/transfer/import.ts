@@ -114,7 +114,7 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     const lanes = targets.map((store) => ({ store: store.name, instance: store.instance, key: imageKey(imageId) }));
     const runtimeSize = (await stat(runtimePath)).size;
     if (runtimeSize > config.maxImageBytes) {
-      throw taskFailure("IMAGE_TOO_LARGE", `converted to ${config.runtimeFormat} the image is ${runtimeSize} bytes; the limit is ${config.maxImageBytes}`);
+      throw taskFailure("IMAGE_TOO_LARGE", `stored as ${storedFormat} the image is ${runtimeSize} bytes; the limit is ${config.maxImageBytes}`);
     }
     const stored = await fanOut(fileChunks(runtimePath, signal), lanes, {
       signal,
