@@ -92,6 +92,6 @@ describe("itx plugins new", () => {
       }));
     }
     const table = await runCli(["plugins", "list"], { env: { ITX_SERVER: server.url } });
-    expect(table.stdout).toMatch(/acme-converter\s+converter\s+0\.1\.0\s+1\.0\s+loaded\s+0\s+/);
+    expect(table.stdout).toMatch(new RegExp(`acme-converter\\s+converter\\s+0\\.1\\.0\\s+${PLUGIN_API_VERSION.replace(".", "\\.")}\\s+loaded\\s+0\\s+`));
   });
 });

@@ -21,7 +21,7 @@ describe("configuration", () => {
     expect(config).toMatchObject({ listen: "127.0.0.1:50051", dataDir: "./var", region: "local" });
     expect(config.mongodbUri).toBeUndefined();
     expect(config.stores).toEqual([
-      { name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true },
+      { name: "local", plugin: "store-filesystem", options: { root: "images" }, default: true, staging: true, allowEncryptedImages: false },
     ]);
   });
 
