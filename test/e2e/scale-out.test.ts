@@ -4,6 +4,11 @@
  * production). Any process accepts any process's upload URLs, imports are spread over
  * the processes by their task runners, and when one process dies with SIGKILL in the
  * middle of its work the others take its tasks over once its leases lapse.
+ *
+ * Known problem, open: with both cores saturated (two busy loops beside this file, or the
+ * rest of the suite with Swift) imports stall mid-fetch, leases lapse while progress is still
+ * written, and pending tasks are not claimed; the watchdogs below then fire. scripts/test.sh
+ * runs this file alone after the others until the cause is found.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
@@ -314,7 +319,12 @@ it("hands the tasks of a process killed with SIGKILL to the others once their le
   victim.killed = true;
   const killedAt = Date.now();
 
-  await watched;
+  await watched.catch(async (err: unknown) => {
+    // Say which tasks were still open, as the database and as the watch streams saw them.
+    const all = await allImportTasks(alive()[0]!);
+    const open = second.map((id) => ({ id, db: all.get(id), watched: snapshots.get(id)!.at(-1) })).filter((t) => !TERMINAL.has(t.watched?.state ?? TaskState.UNSPECIFIED));
+    throw new Error(`watch streams did not all end (${String(err)}); open as watched: ${JSON.stringify(open, bigintSafe)}`);
+  });
   const finished = Date.now();
   const final = new Map(second.map((id) => [id, snapshots.get(id)!.at(-1)!]));
   const all = starts();
