@@ -183,6 +183,7 @@ export function traceStore(store: string, instance: StoreInstance): StoreInstanc
     delete: (key, options) => call("delete", key, options, (o) => instance.delete(key, o)),
     list: (options) => call("list", undefined, options, (o) => instance.list(o)),
     removePartialWrites: instance.removePartialWrites?.bind(instance),
+    adoptFile: instance.adoptFile && ((key, path, options) => call("adoptFile", key, options, (o) => instance.adoptFile!(key, path, o))),
     presign: instance.presign?.bind(instance),
     close: instance.close?.bind(instance),
   };

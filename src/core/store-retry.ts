@@ -111,6 +111,9 @@ export function withRetries(
     delete: (key, options) => retry(`delete ${key}`, options?.signal, () => instance.delete(key, options)),
     list: (options) => retry("list", options?.signal, () => instance.list(options)),
     removePartialWrites: instance.removePartialWrites && ((olderThan, options) => instance.removePartialWrites!(olderThan, options)),
+    adoptFile: instance.adoptFile && ((key, path, options) => instance.adoptFile!(key, path, options).catch((err: unknown) => {
+      throw failed(`adopt ${key}`, err);
+    })),
     presign: instance.presign && ((key, options) => retry(`presign ${key}`, undefined, () => instance.presign!(key, options))),
     close: instance.close && (() => instance.close!()),
   };

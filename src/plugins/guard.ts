@@ -133,6 +133,11 @@ export function guardStore(guard: PluginGuard, instance: StoreInstance): StoreIn
           failure,
           guard.stallTimeoutMs,
         )),
+    // Syncing a whole image to disk is slow: the longer limit.
+    adoptFile:
+      instance.adoptFile &&
+      ((key, path, options) =>
+        guarded(guard, "adoptFile", options?.signal, (signal) => instance.adoptFile!(key, path, withSignal(options, signal)), failure, guard.stallTimeoutMs)),
     presign: instance.presign && ((key, options) => guarded(guard, "presign", undefined, () => instance.presign!(key, options))),
     close: instance.close && (() => guarded(guard, "close", undefined, () => instance.close!())),
   };

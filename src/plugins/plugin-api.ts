@@ -12,9 +12,9 @@ import type { Readable } from "node:stream";
 /**
  * The version of this contract. The host loads plugins of the same major version and
  * an equal or lower minor version. 1.1 added ConversionJob.maxOutputBytes and
- * CallOptions.traceContext.
+ * CallOptions.traceContext; 1.2 added StoreInstance.adoptFile.
  */
-export const PLUGIN_API_VERSION = "1.1";
+export const PLUGIN_API_VERSION = "1.2";
 
 /** What a store can do; the host never calls what a store does not advertise. */
 export interface StoreCapabilities {
@@ -130,6 +130,16 @@ export interface StoreInstance {
    * unfinished writes leave nothing need not have it.
    */
   removePartialWrites?(olderThan: Date, options?: CallOptions): Promise<number>;
+  /**
+   * Moves a local file the host has finished with (a converted image in its work dir) into
+   * the store as `key` without copying its bytes, where the store can: a file store whose
+   * root is on the same file system renames it. Resolves undefined when it cannot, leaving
+   * the file as it was, and the host writes the bytes with write() instead. Atomic and
+   * durable like write(): the object appears whole or not at all, and a failure leaves no
+   * object behind. Optional.
+   * @since 1.2
+   */
+  adoptFile?(key: string, path: string, options?: CallOptions): Promise<ObjectInfo | undefined>;
   /** A temporary URL; only for stores advertising presignGet or presignPut. */
   presign?(key: string, options: PresignOptions): Promise<PresignedUrl>;
   close?(): Promise<void>;
