@@ -263,3 +263,98 @@ export async function clientsFor(server) {
     tasks: connect.createClient(task.TaskService, transport),
   };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shared result shape (/work/briefs/bench-format.md) and the other benches' helpers
+
+/** median, min and max of samples, rounded to 3 significant decimals for the report. */
+export function summarize(label, samples) {
+  const round = (v) => Math.round(v * 1000) / 1000;
+  return { label, median: round(median(samples)), min: round(Math.min(...samples)), max: round(Math.max(...samples)), samples: samples.map(round) };
+}
+
+/** The p-th percentile (0..100) by nearest rank. */
+export function percentile(values, p) {
+  const sorted = [...values].sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+}
+
+/** Whether a result meets its target, by the shared convention: ratio >= target.ratio, or product.median against min/max. */
+export function targetMet(result) {
+  const t = result.target ?? {};
+  if (t.ratio !== undefined) return result.ratio !== null && result.ratio !== undefined && result.ratio >= t.ratio;
+  if (t.min !== undefined) return result.product.median >= t.min;
+  if (t.max !== undefined) return result.product.median <= t.max;
+  return true;
+}
+
+/** The machine the numbers were measured on. */
+export async function machineInfo() {
+  const os = await import("node:os");
+  return { cpus: os.cpus().length, loadavg: os.loadavg().map((v) => Math.round(v * 100) / 100) };
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freePort() {
+  return new Promise((resolvePromise, reject) => {
+    import("node:net").then(({ createServer }) => {
+      const server = createServer();
+      server.once("error", reject);
+      server.listen(0, "127.0.0.1", () => {
+        const { port } = server.address();
+        server.close(() => resolvePromise(port));
+      });
+    }, reject);
+  });
+}
+
+/**
+ * FerretDB (SQLite backend) from ~/.cache/imagetransfer/bin/ferretdb (scripts/ferretdb.sh
+ * builds it) on a free loopback port, its data in `dir`; resolves once it answers a ping.
+ */
+export async function startFerretDb(dir) {
+  const { homedir } = await import("node:os");
+  const { existsSync, openSync: open, closeSync: close } = await import("node:fs");
+  const { MongoClient } = await import("mongodb");
+  const bin = join(homedir(), ".cache/imagetransfer/bin/ferretdb");
+  if (!existsSync(bin)) throw new BenchError(`FerretDB is not built: run scripts/ferretdb.sh (expected ${bin})`);
+  mkdirSync(join(dir, "data"), { recursive: true });
+  const port = await freePort();
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FERRETDB_")));
+  env.DO_NOT_TRACK = "1";
+  const logFd = open(join(dir, "ferretdb.log"), "w");
+  const args = ["--handler=sqlite", `--sqlite-url=file:${join(dir, "data")}/`, `--state-dir=${dir}`, `--listen-addr=127.0.0.1:${port}`, "--debug-addr=-", "--telemetry=disable"];
+  const child = track(spawn(bin, args, { cwd: dir, env, stdio: ["ignore", logFd, logFd] }));
+  close(logFd);
+  const uri = `mongodb://127.0.0.1:${port}/`;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new BenchError(`FerretDB exited with ${child.exitCode}: see ${join(dir, "ferretdb.log")}`);
+    const client = new MongoClient(uri, { serverSelectionTimeoutMS: 1_000, connectTimeoutMS: 1_000, directConnection: true });
+    try {
+      await client.db("admin").command({ ping: 1 });
+      break;
+    } catch (err) {
+      if (Date.now() > deadline) throw new BenchError(`FerretDB did not answer on ${uri} in 30 s: ${err.message}`);
+    } finally {
+      await client.close().catch(() => {});
+    }
+    await sleep(100);
+  }
+  return { uri, pid: child.pid, stop: () => stopServer(child) };
+}
+
+/**
+ * A plugins folder for `itx serve --plugins-dir`: copies of bench/plugins/<names> beside a
+ * node_modules/imagetransfer link to this checkout, so that their `imagetransfer/plugin-api`
+ * imports resolve to the built host (as an installed plugin's would).
+ */
+export async function stageBenchPlugins(dir, names) {
+  const { cpSync, symlinkSync } = await import("node:fs");
+  const plugins = join(dir, "plugins");
+  mkdirSync(join(dir, "node_modules"), { recursive: true });
+  symlinkSync(repoRoot, join(dir, "node_modules", "imagetransfer"));
+  for (const name of names) cpSync(join(repoRoot, "bench", "plugins", name), join(plugins, name), { recursive: true });
+  return plugins;
+}
