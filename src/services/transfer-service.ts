@@ -30,7 +30,10 @@ const hashLengths = { sha256: 64, sha512: 128 } as const;
 const MAX_IDEMPOTENCY_KEY_LENGTH = 128;
 /** How long an idempotency key names its task. */
 const IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000;
-/** Chunks sent by DownloadImageData: big enough for throughput, far below message limits. */
+/**
+ * DownloadImageData messages carry about this many bytes: big enough that per-message costs
+ * vanish, far below message limits (grpc-js receives at most 4 MiB by default).
+ */
 const DOWNLOAD_CHUNK_BYTES = 1024 * 1024;
 
 /** Where the service's own temporary URLs point: the configured public URL, else the listener. */
@@ -187,18 +190,25 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
     if (offset > image.size) throw invalidArgument(`offset ${offset} is beyond the image's ${image.size} bytes`);
     const length = req.length === 0n ? undefined : Math.min(Number(req.length), image.size - offset);
     const stream = await store.instance.read(key, { range: { offset, length }, signal: ctx.signal });
+    // A store chunk of a message's size or more goes out as it is (sliced, not copied); only
+    // small chunks (an HTTP store's) are gathered into one, which costs a copy.
     let pending: Buffer[] = [];
     let pendingBytes = 0;
+    const take = () => {
+      const message = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+      pending = [];
+      pendingBytes = 0;
+      return { chunk: message };
+    };
     for await (const chunk of stream as AsyncIterable<Buffer>) {
-      pending.push(chunk);
-      pendingBytes += chunk.length;
-      if (pendingBytes >= DOWNLOAD_CHUNK_BYTES) {
-        yield { chunk: Buffer.concat(pending) };
-        pending = [];
-        pendingBytes = 0;
+      for (let at = 0; at < chunk.length; at += DOWNLOAD_CHUNK_BYTES) {
+        const piece = at === 0 && chunk.length <= DOWNLOAD_CHUNK_BYTES ? chunk : chunk.subarray(at, at + DOWNLOAD_CHUNK_BYTES);
+        pending.push(piece);
+        pendingBytes += piece.length;
+        if (pendingBytes >= DOWNLOAD_CHUNK_BYTES) yield take();
       }
     }
-    if (pendingBytes > 0) yield { chunk: Buffer.concat(pending) };
+    if (pendingBytes > 0) yield take();
   }
 
   private async activeImage(rawId: string, ctx: HandlerContext, action: PolicyAction): Promise<ImageRecord> {

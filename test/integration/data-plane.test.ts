@@ -16,6 +16,7 @@ import { pipeline } from "node:stream/promises";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newId } from "../../src/core/ids.js";
 import type { TaskRecord } from "../../src/core/task.js";
@@ -41,6 +42,7 @@ import {
   type FileHashes,
   type ImageFormat,
 } from "../helpers/disk-images.js";
+import { createGrpcJsClients, serverStream } from "../helpers/grpc-js-client.js";
 import { startTestService, type TestService } from "../helpers/service.js";
 
 const SOURCE_BYTES = 24 * MiB;
@@ -772,6 +774,24 @@ describe("data plane on one server with three filesystem stores", () => {
       const err = await connectError(read(SOURCE_BYTES + 1, 10));
       expect(err.code).toBe(Code.InvalidArgument);
       expect(err.rawMessage).toMatch(/offset .* beyond/);
+    });
+
+    it("DownloadImageData reaches a stock grpc-js client with default settings, in 1 MiB messages", async () => {
+      const whole = await fs.readFile(images.raw.asRaw);
+      const grpcJs = createGrpcJsClients(new URL(service.url).host);
+      try {
+        const offset = 3 * MiB + 5;
+        const outcome = await serverStream<{ chunk: Buffer }>(grpcJs.transfer, "downloadImageData", { imageId: imported.raw.id, offset });
+        expect(outcome.error).toBeUndefined();
+        expect(outcome.status.code).toBe(grpc.status.OK);
+        expect(Buffer.concat(outcome.messages.map((m) => m.chunk)).equals(whole.subarray(offset))).toBe(true);
+        // Every message but the last is full: no message limit is neared, and none is wasted.
+        const sizes = outcome.messages.map((m) => m.chunk.length);
+        expect(sizes.slice(0, -1).every((n) => n === MiB)).toBe(true);
+        expect(sizes.at(-1)).toBe((SOURCE_BYTES - offset) % MiB || MiB);
+      } finally {
+        grpcJs.close();
+      }
     });
   });
 });
