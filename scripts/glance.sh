@@ -5,6 +5,9 @@
 #   bash scripts/glance.sh start    installs what is missing, writes the configuration, creates
 #                                   the SQLite database and starts glance-api on a free port;
 #                                   prints its URL (http://127.0.0.1:PORT) on stdout
+#   bash scripts/glance.sh start --no-install
+#                                   the same, but exits 3 when glance-api is not installed
+#                                   (installing takes about 4 minutes on 2 cores)
 #   bash scripts/glance.sh stop     stops the glance-api that `start` recorded, and only that one
 #   bash scripts/glance.sh url      prints the URL of the running one (exit 1 when none runs)
 #   bash scripts/glance.sh pids     prints the PIDs of its processes (the parent and its workers)
@@ -15,13 +18,15 @@
 # file store, the staging and tasks stores that the interoperable import needs, glance-direct
 # as the only import method, and the image_conversion import plugin converting every imported
 # image to raw. Everything, images included, lives
-# under $GLANCE_STATE_DIR (default /var/tmp/imagetransfer-glance). Runs as root. The number of
-# API workers is $GLANCE_WORKERS (default 1); the port is $GLANCE_PORT or a free one.
+# under $GLANCE_STATE_DIR (default /var/tmp/imagetransfer-glance). Runs as root. The port is
+# $GLANCE_PORT or a free one. $GLANCE_WORKERS is glance-api's `workers` (default 0: one process
+# serving everything, like `itx serve`, so its peak RSS compares directly; Debian's default is
+# one worker per CPU forked from a parent, which roughly multiplies the summed RSS).
 set -euo pipefail
 
 STATE=${GLANCE_STATE_DIR:-/var/tmp/imagetransfer-glance}
 IP=127.0.0.1
-WORKERS=${GLANCE_WORKERS:-1}
+WORKERS=${GLANCE_WORKERS:-0}
 CONF=$STATE/etc
 LOG=$STATE/log
 PIDFILE=$STATE/glance-api.pid
@@ -31,11 +36,19 @@ PACKAGES=(glance-api python3-glance-store qemu-utils curl)
 say() { echo "glance.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-install_packages() {
-  local missing=() pkg
+missing_packages() {
+  local pkg
   for pkg in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
   done
+  return 0
+}
+
+installed() { [[ -z $(missing_packages) ]]; }
+
+install_packages() {
+  local missing
+  mapfile -t missing < <(missing_packages)
   ((${#missing[@]})) || return 0
   [[ $(id -u) == 0 ]] || die "run as root: glance-api is not installed and installing it needs root"
   mkdir -p "$LOG"
@@ -165,7 +178,11 @@ start() {
   fi
   stop >/dev/null
   [[ $(id -u) == 0 ]] || die "run as root"
-  install_packages
+  if [[ ${1:-} == --no-install ]]; then
+    installed || { say "glance-api is not installed (bash scripts/glance.sh install, about 4 minutes)"; exit 3; }
+  else
+    install_packages
+  fi
   local port=${GLANCE_PORT:-$(free_port)}
   write_configs "$port"
   # A fresh database and stores each start: the benchmark's images do not outlive a run.
@@ -232,13 +249,13 @@ case "${1:-}" in
   start | stop)
     exec 9>"$STATE/lock-startstop"
     flock 9
-    "$1"
+    "$@"
     ;;
   url) alive && [[ -f $URLFILE ]] && cat "$URLFILE" ;;
   pids) pids ;;
   install) install_packages ;;
   *)
-    echo "usage: bash scripts/glance.sh start|stop|url|pids|install" >&2
+    echo "usage: bash scripts/glance.sh start [--no-install]|stop|url|pids|install" >&2
     exit 2
     ;;
 esac
