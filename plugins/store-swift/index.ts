@@ -20,6 +20,10 @@
  * most 1000 segments), visible only once its manifest is stored. Any failure or abort
  * deletes the segments written so far; removePartialWrites finds those of killed writers.
  *
+ * Reads: one longer than "readPartSize" (default 16 MiB) is fetched as ranged GETs,
+ * "parallelReads" (default 3) at once, streamed in order; an SLO's parts come from its
+ * segments directly. An object replaced mid-read fails the read (not-found).
+ *
  * Temporary URLs are Swift TempURLs signed with HMAC-SHA256 or -SHA512 ("tempUrlDigest"),
  * never SHA-1, with the account's Temp-URL-Key: option "tempUrlKey" (set on the account
  * at open if it has another; that needs an account admin) or the key the account has.

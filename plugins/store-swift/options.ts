@@ -41,6 +41,10 @@ export interface SwiftOptions {
   tempUrlDigest: "sha256" | "sha512";
   /** A request (or a response stream) idle this long fails as "unavailable". */
   timeoutMs: number;
+  /** GETs one read runs side by side (1: one GET per read). */
+  parallelReads: number;
+  /** Bytes per GET of a read in parts; also what a read buffers ahead per GET. */
+  readPartSize: number;
 }
 
 const NAMES = [
@@ -60,6 +64,8 @@ const NAMES = [
   "tempUrlKey",
   "tempUrlDigest",
   "timeoutSeconds",
+  "parallelReads",
+  "readPartSize",
 ];
 
 /** Checks a store's options from the config file; every message names the option and what it wants. */
@@ -106,6 +112,15 @@ export function parseOptions(options: Record<string, unknown>): SwiftOptions {
     throw invalid(`option "timeoutSeconds" must be a number of seconds above 0 and at most 3600`);
   }
 
+  const parallelReads = options.parallelReads ?? 3;
+  if (!Number.isSafeInteger(parallelReads) || (parallelReads as number) < 1 || (parallelReads as number) > 16) {
+    throw invalid(`option "parallelReads" must be a whole number from 1 to 16`);
+  }
+  const readPartSize = options.readPartSize ?? 16 * MiB;
+  if (!Number.isSafeInteger(readPartSize) || (readPartSize as number) < 64 * 1024 || (readPartSize as number) > 256 * MiB) {
+    throw invalid(`option "readPartSize" must be a whole number of bytes from 65536 (64 KiB) to ${256 * MiB} (256 MiB)`);
+  }
+
   const createContainer = options.createContainer ?? false;
   if (typeof createContainer !== "boolean") throw invalid(`option "createContainer" must be true or false`);
 
@@ -118,6 +133,8 @@ export function parseOptions(options: Record<string, unknown>): SwiftOptions {
     tempUrlKey: text(options, "tempUrlKey", false),
     tempUrlDigest: oneOf(options, "tempUrlDigest", ["sha256", "sha512"] as const, "sha256"),
     timeoutMs: timeoutSeconds * 1000,
+    parallelReads: parallelReads as number,
+    readPartSize: readPartSize as number,
   };
 }
 

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
@@ -18,6 +19,7 @@ import {
 import { isTransientStatus, networkError, statusError, SwiftConnection } from "./connection.js";
 import { discard, header, type Answer } from "./http.js";
 import { parseOptions, type SwiftOptions } from "./options.js";
+import { PartsReader, segmentParts, split, type Part, type Segment } from "./parallel-read.js";
 import { tempUrl, tempUrlSignature } from "./temp-url.js";
 
 /** Objects that end within this many bytes are one plain PUT; longer ones become an SLO. */
@@ -95,6 +97,11 @@ export class SwiftStore implements StoreInstance {
     if (range && (range.offset > 0 || range.length !== undefined)) {
       headers.range = `bytes=${range.offset}-${range.length === undefined ? "" : range.offset + range.length - 1}`;
     }
+    const offset = range?.offset ?? 0;
+    const partSize = this.options.readPartSize;
+    // A read longer than a part starts with its first part; the rest follow side by side.
+    const inParts = this.options.parallelReads > 1 && (range?.length === undefined || range.length > partSize);
+    if (inParts) headers.range = `bytes=${offset}-${offset + partSize - 1}`;
     const response = await this.connection.request("GET", this.objectPath(key), { headers, signal }, what);
     const status = response.statusCode ?? 0;
     if (status === 416) {
@@ -102,22 +109,79 @@ export class SwiftStore implements StoreInstance {
       discard(response);
       const found = await this.stat(key, { signal });
       if (!found) throw new StoreError("not-found", `${what}: not found`);
-      if (range && range.offset === found.size && range.length === undefined) return Readable.from([]);
-      throw beyondEnd(what, range!, found.size);
+      if (offset === found.size && range?.length === undefined) return Readable.from([]);
+      throw beyondEnd(what, range ?? { offset }, found.size);
     }
     if (!ok(status)) {
       discard(response);
       throw statusError(status, what);
     }
-    if (range?.length !== undefined) {
-      // Swift shortens a range that runs past the end; the contract refuses it.
-      const total = Number(/\/(\d+)$/.exec(header(response.headers, "content-range") ?? "")?.[1] ?? header(response.headers, "content-length"));
-      if (range.offset + range.length > total) {
-        response.destroy();
-        throw beyondEnd(what, range, total);
-      }
+    // Swift shortens a range that runs past the end; the contract refuses it.
+    const total = Number(/\/(\d+)$/.exec(header(response.headers, "content-range") ?? "")?.[1] ?? header(response.headers, "content-length"));
+    if (range?.length !== undefined && range.offset + range.length > total) {
+      response.destroy();
+      throw beyondEnd(what, range, total);
     }
-    return response;
+    const end = range?.length !== undefined ? range.offset + range.length : total;
+    if (!inParts || status !== 206 || end - offset <= partSize) return response;
+    const first = { part: { path: this.objectPath(key), offset, length: partSize }, response };
+    try {
+      return await this.readParts(key, first, response.headers, end, signal, what);
+    } catch (err) {
+      response.destroy();
+      throw err;
+    }
+  }
+
+  /**
+   * The rest of a long read, after its first part, as parts fetched side by side. The
+   * parts of a Static Large Object are read from its segments themselves: that skips the
+   * proxy's SLO middleware, which costs Swift about as much CPU again as the GET. A
+   * plain object (or an SLO whose manifest changed since the first part, or names ranges
+   * or other SLOs) is read by ranges of the object, each made to match the first part's
+   * ETag, so a replaced object fails the read instead of mixing two versions.
+   */
+  private async readParts(
+    key: string,
+    first: { part: Part; response: IncomingMessage },
+    headers: IncomingHttpHeaders,
+    end: number,
+    signal: AbortSignal | undefined,
+    what: string,
+  ): Promise<Readable> {
+    const from = first.part.offset + first.part.length;
+    const partSize = this.options.readPartSize;
+    const large = header(headers, "x-static-large-object")?.toLowerCase() === "true";
+    const segments = large ? await this.segmentList(key, header(headers, "x-timestamp"), signal) : undefined;
+    const parts = segments ? segmentParts(segments, from, end, partSize) : split(this.objectPath(key), from, end - from, partSize);
+    const etag = header(headers, "etag");
+    const fetchPart = async (part: Part, partSignal: AbortSignal) => {
+      const partWhat = `${what}: bytes ${part.offset}-${part.offset + part.length - 1} of ${part.path}`;
+      const range = `bytes=${part.offset}-${part.offset + part.length - 1}`;
+      const partHeaders: Record<string, string> = segments || !etag ? { range } : { range, "if-match": etag };
+      const response = await this.connection.request("GET", part.path, { headers: partHeaders, signal: partSignal }, partWhat);
+      if (response.statusCode === 206) return response;
+      discard(response);
+      if (response.statusCode === 412 || response.statusCode === 404) {
+        throw new StoreError("not-found", `${what}: the object was replaced or deleted while it was read (HTTP ${response.statusCode}); read it again`);
+      }
+      throw statusError(response.statusCode ?? 0, partWhat);
+    };
+    return new PartsReader(first, parts, fetchPart, this.options.parallelReads, (err) => networkError(err, what), signal);
+  }
+
+  /**
+   * The segments of the SLO at `key`, when they can be read directly: the manifest is the
+   * one the first part came from (same X-Timestamp) and names whole plain objects only.
+   */
+  private async segmentList(key: string, timestamp: string | undefined, signal: AbortSignal | undefined): Promise<Segment[] | undefined> {
+    if (!timestamp) return undefined;
+    const what = `look up the segments of ${this.describe(key)}`;
+    const answer = await this.callRetrying("GET", this.objectPath(key), { query: { "multipart-manifest": "get" }, signal }, what);
+    if (!ok(answer.status) || header(answer.headers, "x-timestamp") !== timestamp) return undefined;
+    const entries = JSON.parse(answer.body.toString("utf8")) as Array<{ name?: unknown; bytes?: unknown; range?: unknown; sub_slo?: unknown }>;
+    if (!entries.every((e) => typeof e.name === "string" && e.name.startsWith("/") && typeof e.bytes === "number" && !e.range && !e.sub_slo)) return undefined;
+    return entries.map((e) => ({ path: e.name as string, size: e.bytes as number }));
   }
 
   /**

@@ -156,6 +156,50 @@ describe("objects", () => {
   });
 });
 
+describe("reads in parts", () => {
+  /** Parts of 256 KiB, three at a time: a few MiB exercise what a large image does. */
+  const partsOptions = { parallelReads: 3, readPartSize: 256 * 1024 };
+
+  it("an SLO and a plain object read in parts come back whole and in order, by any range", async () => {
+    const parts = await openSwiftStore(swiftStoreOptions(container, partsOptions));
+    const data = randomBytes(3.5 * MiB + 12345);
+    await parts.write("images/parts-slo", chunksOf(data, 100_000));
+    expect((await swiftRequest("PUT", `/${container}/images/parts-plain`, { body: data })).status).toBe(201);
+    for (const key of ["images/parts-slo", "images/parts-plain"]) {
+      expect((await readAll(await parts.read(key))).equals(data), key).toBe(true);
+      for (const [offset, length] of [[MiB - 10, 2 * MiB + 20], [1, 300_000], [3 * MiB + 7, undefined], [0, data.length]] as const) {
+        const got = await readAll(await parts.read(key, { range: { offset, length } }));
+        expect(got.equals(data.subarray(offset, length === undefined ? undefined : offset + length)), `${key} ${offset}+${length}`).toBe(true);
+      }
+      const beyond = await rejection(parts.read(key, { range: { offset: 1, length: data.length } }));
+      expect(isStoreError(beyond) && beyond.kind).toBe("invalid");
+      expect((await readAll(await parts.read(key, { range: { offset: data.length } }))).length).toBe(0);
+    }
+  });
+
+  it("an object replaced while it is read in parts fails the read instead of mixing both", async () => {
+    const parts = await openSwiftStore(swiftStoreOptions(container, { parallelReads: 2, readPartSize: 64 * 1024 }));
+    const data = randomBytes(4 * MiB);
+    for (const [key, write] of [
+      ["images/parts-replaced-slo", () => parts.write("images/parts-replaced-slo", chunksOf(randomBytes(4 * MiB)))],
+      ["images/parts-replaced-plain", () => swiftRequest("PUT", `/${container}/images/parts-replaced-plain`, { body: randomBytes(4 * MiB) })],
+    ] as const) {
+      if (key.endsWith("slo")) await parts.write(key, chunksOf(data));
+      else await swiftRequest("PUT", `/${container}/${key}`, { body: data });
+      const stream = await parts.read(key);
+      const iterator = stream[Symbol.asyncIterator]();
+      const first = (await iterator.next()).value as Buffer;
+      expect(first.equals(data.subarray(0, first.length))).toBe(true);
+      await write();
+      const err = await rejection((async () => {
+        for (let next = await iterator.next(); !next.done; next = await iterator.next());
+      })());
+      expect(isStoreError(err) && err.kind, key).toBe("not-found");
+      expect((err as Error).message).toMatch(/replaced or deleted while it was read/);
+    }
+  });
+});
+
 describe("listing", () => {
   it("lists by prefix in pages whose token is the last key, without segments", async () => {
     const own = await newContainer("list");

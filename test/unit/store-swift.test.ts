@@ -7,7 +7,9 @@ import { execFile } from "node:child_process";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { promisify } from "node:util";
 import { afterEach, describe, expect, it } from "vitest";
+import { PassThrough } from "node:stream";
 import { parseOptions } from "../../plugins/store-swift/options.js";
+import { PartsReader, segmentParts, split, type Part } from "../../plugins/store-swift/parallel-read.js";
 import { tempUrl, tempUrlSignature } from "../../plugins/store-swift/temp-url.js";
 import { isStoreError } from "../../src/plugins/plugin-api.js";
 import { openSwiftStore } from "../helpers/swift.js";
@@ -72,6 +74,8 @@ describe("options", () => {
     expect(invalidMessage({ ...base, authVersion: "3" })).toMatch(/option "project" is required/);
     expect(invalidMessage({ ...base, createContainer: "yes" })).toBe(`option "createContainer" must be true or false`);
     expect(invalidMessage({ ...base, authUrl: "http://u:p@host/auth" })).toMatch(/must not carry credentials/);
+    expect(invalidMessage({ ...base, parallelReads: 0 })).toBe(`option "parallelReads" must be a whole number from 1 to 16`);
+    expect(invalidMessage({ ...base, readPartSize: 1000 })).toMatch(/option "readPartSize" must be a whole number of bytes from 65536/);
   });
 });
 
@@ -191,5 +195,73 @@ describe("Keystone v3 login (against a fake)", () => {
     expect((err as Error).message).toBe(
       `the Keystone catalog of project "images" has no public object-store endpoint in region three; set "storageUrl" or "endpointRegion"`,
     );
+  });
+});
+
+describe("reads in parts", () => {
+  /** A fake part GET: a stream the test feeds, standing in for Swift's response. */
+  function fakeSwift(data: Buffer) {
+    const started: Array<{ part: Part; response: PassThrough }> = [];
+    const fetchPart = async (part: Part) => {
+      const response = new PassThrough();
+      started.push({ part, response });
+      return response as never;
+    };
+    const serve = (i: number, bytes = started[i]!.part.length) => {
+      const { part, response } = started[i]!;
+      response.end(data.subarray(part.offset, part.offset + bytes));
+    };
+    return { started, fetchPart, serve };
+  }
+
+  async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream) chunks.push(chunk);
+    return Buffer.concat(chunks);
+  }
+
+  it("splits ranges into parts within segments", () => {
+    expect(split("/c/o", 10, 25, 10)).toEqual([{ path: "/c/o", offset: 10, length: 10 }, { path: "/c/o", offset: 20, length: 10 }, { path: "/c/o", offset: 30, length: 5 }]);
+    const segments = [{ path: "/s/1", size: 8 }, { path: "/s/2", size: 8 }, { path: "/s/3", size: 4 }];
+    expect(segmentParts(segments, 6, 19, 5)).toEqual([
+      { path: "/s/1", offset: 6, length: 2 },
+      { path: "/s/2", offset: 0, length: 5 },
+      { path: "/s/2", offset: 5, length: 3 },
+      { path: "/s/3", offset: 0, length: 3 },
+    ]);
+  });
+
+  it("emits the parts in order whatever order they arrive in, with at most `window` under way", async () => {
+    const data = Buffer.from("abcdefghijklmnopqrstuvwxyz");
+    const swift = fakeSwift(data);
+    const first = new PassThrough();
+    const parts = split("/c/o", 4, 22, 4);
+    const reader = new PartsReader({ part: { path: "/c/o", offset: 0, length: 4 }, response: first as never }, parts, swift.fetchPart, 3, (e) => e);
+    const all = collect(reader);
+    await new Promise((r) => setImmediate(r));
+    expect(swift.started).toHaveLength(2); // the first part is the third under way
+    swift.serve(1);
+    swift.serve(0);
+    await new Promise((r) => setImmediate(r));
+    expect(swift.started).toHaveLength(2); // nothing is done until the head part is
+    first.end(data.subarray(0, 4));
+    for (let i = 2; i < parts.length; i++) {
+      await new Promise((r) => setImmediate(r));
+      swift.serve(i);
+    }
+    expect((await all).toString()).toBe(data.toString());
+  });
+
+  it("a part that comes back short fails the read as unavailable, so the caller resumes", async () => {
+    const data = Buffer.alloc(40, 1);
+    const swift = fakeSwift(data);
+    const first = new PassThrough();
+    const describe = (err: unknown) => Object.assign(new Error(`read failed: ${(err as Error).message}`), { code: (err as { code?: string }).code });
+    const reader = new PartsReader({ part: { path: "/c/o", offset: 0, length: 10 }, response: first as never }, split("/c/o", 10, 30, 10), swift.fetchPart, 2, describe);
+    const all = collect(reader);
+    first.end(data.subarray(0, 10));
+    await new Promise((r) => setImmediate(r));
+    swift.serve(0, 7);
+    await expect(all).rejects.toThrow(/read failed: \/c\/o: 7 of 10 bytes came/);
   });
 });
