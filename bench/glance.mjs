@@ -107,13 +107,14 @@ async function startGlance(install) {
   }
   say(`starting glance-api (scripts/glance.sh start${install ? "; when missing it installs about 150 packages, about 4 minutes" : " --no-install"})`);
   let stdout;
+  // Set before the start, so that an interrupted or failed start is cleaned up too: none ran before.
+  startedGlance = true;
   try {
     ({ stdout } = await run("bash", [glanceScript, "start", ...(install ? [] : ["--no-install"])], { timeoutMs: 15 * 60_000 }));
   } catch (err) {
     if (!install && / exited with 3:/.test(err.message)) throw new GlanceUnavailable("glance-api is not installed and --quick does not install it (about 4 minutes): run `bash scripts/glance.sh install` once, or the full bench, or pass --install");
     throw new GlanceUnavailable(`scripts/glance.sh start failed: ${err.message}`);
   }
-  startedGlance = true;
   const url = stdout.trim().split("\n").at(-1);
   if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(url)) throw new GlanceUnavailable(`scripts/glance.sh start printed no URL: ${stdout.trim()}`);
   return url;
