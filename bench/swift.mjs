@@ -4,7 +4,10 @@
  * through ImageTransfer, side by side with curl moving the same bytes against the same Swift
  * (the store's own ceiling), and the server's memory with an image over Swift's 5 GiB limit.
  *
- *   npm run bench:swift [-- --runs N] [--size-mib M] [--big-size-mib M] [--skip-big] [--json] [--tmp-dir DIR]
+ *   npm run bench:swift [-- --quick] [--runs N] [--size-mib M] [--big-size-mib M] [--skip-big] [--json] [--tmp-dir DIR]
+ *
+ * --quick: a 512 MiB seed, 2 runs, no big image. --json: one object on stdout in the shared
+ * shape of bench/README (issue 8), benchmark "SWIFT"; progress goes to stderr.
  *
  * Swift: scripts/swift.sh (started when not running, released at the end). One `itx serve`
  * with a store-swift store (1 GiB segments) as its staging and default store.
@@ -19,7 +22,10 @@
  *   export     ExportImage of that image as qcow2 to Swift: GET, qemu-img convert, PUT
  *              baseline: curl GETs the image's object to a file and PUTs the same qcow2 bytes
  * Task times are the server's (createTime to finishTime). ratio = curl / product: 1.0 is as
- * fast as curl; the target is 0.8 or more. Reported, not asserted.
+ * fast as curl; the target is 0.8 or more. Reported, not asserted. With each result: the
+ * median seconds of each task stage (the server's itx_pipeline_stage_duration_seconds), and
+ * the CPU seconds Swift's own processes and the server (with its qemu-img children) spent
+ * during the product's runs and during curl's.
  *
  * Big (unless --skip-big): a --big-size-mib (default 6144) raw disk as qcow2 goes up through
  * a TempURL, is imported (stored raw: over 5 GiB, so an SLO), exported as qcow2, downloaded
@@ -29,12 +35,15 @@
  * Exit status: 0 ok; 1 the RSS limit was exceeded or the big image came back different;
  * 2 the benchmark itself failed; 130 interrupted.
  */
-import { readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { BuildError, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
-import { BenchError, clientsFor, GiB, loadApi, median, memoryOf, MiB, mib, run, sampleRss, say, seconds, setWorkRoot, sizeLabel, startServer, writeRawDisk } from "./common.mjs";
+import {
+  BenchError, clientsFor, freePort, GiB, loadApi, machineInfo, median, memoryOf, MiB, mib, run, sampleRss, say, seconds, setWorkRoot, sizeLabel,
+  startServer, summarize, targetMet, writeRawDisk,
+} from "./common.mjs";
 
 const RSS_LIMIT_MIB = 300;
 const TARGET_RATIO = 0.8;
@@ -42,6 +51,7 @@ const swiftScript = join(repoRoot, "scripts/swift.sh");
 
 function parseArgs(argv) {
   const opts = { runs: 3, sizeMib: 2048, bigSizeMib: 6144, skipBig: false, json: false, tmpDir: process.env.BENCH_TMPDIR || tmpdir() };
+  if (argv.includes("--quick")) Object.assign(opts, { runs: 2, sizeMib: 512, skipBig: true });
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
     const take = () => {
@@ -59,6 +69,7 @@ function parseArgs(argv) {
       case "--size-mib": opts.sizeMib = count(); break;
       case "--big-size-mib": opts.bigSizeMib = count(); break;
       case "--skip-big": opts.skipBig = true; break;
+      case "--quick": break;
       case "--json": opts.json = true; break;
       case "--tmp-dir": opts.tmpDir = take(); break;
       case "-h": case "--help":
@@ -87,6 +98,15 @@ async function swiftCall(swift, method, path) {
   const response = await fetch(`${swift.storageUrl}/${path}`, { method, headers: { "x-auth-token": swift.token } });
   if (!response.ok && response.status !== 404) throw new BenchError(`${method} ${path} answered ${response.status}`);
   return response;
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return err.code === "EPERM";
+  }
 }
 
 /** Removes a container, its objects and its segments container. */
@@ -127,6 +147,53 @@ const exportImage = (clients, imageId, diskFormat) =>
 
 // ---------------------------------------------------------------------------------------------
 
+/** The PIDs of Swift's servers (their python processes, workers included). */
+function swiftPids() {
+  return readdirSync("/proc").filter((pid) => {
+    if (!/^\d+$/.test(pid)) return false;
+    try {
+      return /swift-(proxy|object|container|account)-server/.test(readFileSync(`/proc/${pid}/cmdline`, "utf8"));
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** CPU seconds (user + system, with waited-for children such as qemu-img) of these processes so far. */
+function cpuSeconds(pids) {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return ticks / 100;
+}
+
+/** Runs `step`, with the CPU seconds Swift and the itx server spent meanwhile. */
+async function withCpu(serverPid, step) {
+  const pids = swiftPids();
+  const [swift0, server0] = [cpuSeconds(pids), cpuSeconds([serverPid])];
+  const value = await step();
+  return { value, swiftCpu: cpuSeconds(pids) - swift0, serverCpu: cpuSeconds([serverPid]) - server0 };
+}
+
+/** Seconds spent so far in each task stage, from the server's itx_pipeline_stage_duration_seconds. */
+async function stageSeconds(metricsUrl) {
+  const text = await (await fetch(metricsUrl)).text();
+  const sums = {};
+  for (const m of text.matchAll(/^itx_pipeline_stage_duration_seconds_sum\{[^}]*stage="([^"]+)"[^}]*\} (\S+)$/gm)) sums[m[1]] = Number(m[2]);
+  return sums;
+}
+
+/** A task's seconds per stage: the difference of two stageSeconds() readings. */
+function stagesBetween(before, after) {
+  return Object.fromEntries(Object.entries(after).map(([stage, sum]) => [stage, sum - (before[stage] ?? 0)]).filter(([, s]) => s > 0));
+}
+
 async function main(opts) {
   await ensureBuilt();
   const workRoot = await mkdtemp(join(resolve(opts.tmpDir), "itx-bench-swift-"));
@@ -136,9 +203,11 @@ async function main(opts) {
   if (bavail * bsize < need) throw new BenchError(`${workRoot} has ${(bavail * bsize / GiB).toFixed(1)} GiB free; this run needs about ${(need / GiB).toFixed(1)} GiB (use --tmp-dir)`);
 
   const swift = await startSwift();
-  // An interrupted run (Ctrl-C skips the clean-up below) leaves its container: remove those first.
+  // An interrupted run (Ctrl-C skips the clean-up below) leaves its container: remove those
+  // first, but not those of another run still going (the PID in the name is alive).
   const containers = await (await swiftCall(swift, "GET", "?format=json&prefix=itx-bench-")).json();
-  for (const { name } of containers.filter((c) => !c.name.endsWith("_segments"))) await removeContainer(swift, name);
+  const stale = containers.filter((c) => /^itx-bench-\d+$/.test(c.name) && !alive(Number(c.name.slice("itx-bench-".length))));
+  for (const { name } of stale) await removeContainer(swift, name);
   const container = `itx-bench-${process.pid}`;
   await swiftCall(swift, "PUT", container);
   const dataDir = join(workRoot, "data");
@@ -147,16 +216,22 @@ async function main(opts) {
   writeFileSync(config, JSON.stringify({ stores: [{ name: "swift", plugin: "store-swift", default: true, staging: true, options: storeOptions }] }));
   const { image: imagePb } = await loadApi();
   let server;
-  const result = { size: sizeLabel(opts.sizeMib), runs: opts.runs, import: [], export: [], problems: [] };
+  const size = sizeLabel(opts.sizeMib);
+  const samples = { import: [], export: [] };
+  const problems = [];
+  let rss;
+  let big;
   try {
-    server = await startServer(dataDir, ["--config", config]);
+    const metricsListen = `127.0.0.1:${await freePort()}`;
+    const metricsUrl = `http://${metricsListen}/metrics`;
+    server = await startServer(dataDir, ["--config", config, "--metrics-listen", metricsListen]);
     const clients = await clientsFor(server);
     const sampler = sampleRss(server.pid);
 
     const seed = join(workRoot, "seed.raw");
     writeRawDisk(seed, opts.sizeMib * MiB);
     await curl(swift, ["-T", seed, `${swift.storageUrl}/${container}/bench/seed.raw`]);
-    say(`seed: ${sizeLabel(opts.sizeMib)} raw in swift://swift/bench/seed.raw`);
+    say(`seed: ${size} raw in swift://swift/bench/seed.raw`);
 
     const object = (key) => `${swift.storageUrl}/${container}/${key}`;
     const copy = join(workRoot, "copy");
@@ -167,44 +242,82 @@ async function main(opts) {
       await curl(swift, ["-T", put, object("bench/copy")]);
       return performance.now() - started;
     };
+    /** A task, with its stages and the CPU it and Swift used. */
+    const task = async (start) => {
+      const before = await stageSeconds(metricsUrl);
+      const { value, swiftCpu, serverCpu } = await withCpu(server.pid, start);
+      return { ...value, stages: stagesBetween(before, await stageSeconds(metricsUrl)), swiftCpu, serverCpu };
+    };
     for (let i = 1; i <= opts.runs; i++) {
       sampler.setPhase("import");
-      const imported = await importSeed(clients, "swift://swift/bench/seed.raw", imagePb.DiskFormat.RAW);
+      const imported = await task(() => importSeed(clients, "swift://swift/bench/seed.raw", imagePb.DiskFormat.RAW));
       const id = imported.task.imageId;
       sampler.setPhase("export");
-      const exported = await exportImage(clients, id, imagePb.DiskFormat.QCOW2);
+      const exported = await task(() => exportImage(clients, id, imagePb.DiskFormat.QCOW2));
       sampler.setPhase("idle");
       const exportCopy = join(workRoot, "export.qcow2");
       await curl(swift, ["-o", exportCopy, object(`exports/${id}.qcow2`)]);
-      result.import.push({ product: imported.ms, curl: await curlSteps("bench/seed.raw") });
-      result.export.push({ product: exported.ms, curl: await curlSteps(`images/${id}`, exportCopy) });
+      const curlImport = await withCpu(server.pid, () => curlSteps("bench/seed.raw"));
+      const curlExport = await withCpu(server.pid, () => curlSteps(`images/${id}`, exportCopy));
+      samples.import.push({ product: imported, curl: curlImport });
+      samples.export.push({ product: exported, curl: curlExport });
       await clients.images.deleteImage({ id });
       rmSync(copy);
       rmSync(exportCopy);
-      const [im, ex] = [result.import.at(-1), result.export.at(-1)];
-      say(`run ${i}/${opts.runs}: import ${seconds(im.product)} s (curl ${seconds(im.curl)} s), export qcow2 ${seconds(ex.product)} s (curl ${seconds(ex.curl)} s)`);
+      const stages = (t) => Object.entries(t.stages).map(([s, v]) => `${s} ${v.toFixed(1)}`).join(", ");
+      say(`run ${i}/${opts.runs}: import ${seconds(imported.ms)} s [${stages(imported)}] (curl ${seconds(curlImport.value)} s), export qcow2 ${seconds(exported.ms)} s [${stages(exported)}] (curl ${seconds(curlExport.value)} s)`);
     }
     rmSync(seed);
     const sampled = sampler.stop();
-    result.rssMib = { peak: mib(memoryOf(server.pid).hwm), import: mib(sampled.byPhase.import ?? 0), export: mib(sampled.byPhase.export ?? 0) };
-    for (const step of ["import", "export"]) {
-      const product = median(result[step].map((r) => r.product));
-      const baseline = median(result[step].map((r) => r.curl));
-      result[step] = { productS: seconds(product), curlS: seconds(baseline), ratio: Math.round((baseline / product) * 100) / 100, runs: result[step] };
-    }
-
-    if (!opts.skipBig) result.big = await bigImage(opts, workRoot, server, clients, swift, container);
+    rss = { peak: mib(memoryOf(server.pid).hwm), import: mib(sampled.byPhase.import ?? 0), export: mib(sampled.byPhase.export ?? 0) };
+    if (!opts.skipBig) big = await bigImage(opts, workRoot, server, clients, swift, container);
   } finally {
     if (server) await server.stop();
     await removeContainer(swift, container).catch((err) => say(`could not remove container ${container}: ${err.message}`));
     await run("bash", [swiftScript, "release", String(process.pid)]).catch((err) => say(err.message));
   }
-  if (result.rssMib.peak > RSS_LIMIT_MIB) result.problems.push(`peak RSS ${result.rssMib.peak} MiB is over ${RSS_LIMIT_MIB} MiB`);
-  if (result.big && result.big.peakRssMib > RSS_LIMIT_MIB) result.problems.push(`peak RSS with ${result.big.size} is ${result.big.peakRssMib} MiB, over ${RSS_LIMIT_MIB} MiB`);
-  if (result.big && !result.big.identical) result.problems.push(`the ${result.big.size} image came back different: ${result.big.compare}`);
-  if (opts.json) process.stdout.write(`${JSON.stringify(result)}\n`);
-  else report(result);
-  return result.problems.length > 0 ? 1 : 0;
+  if (rss.peak > RSS_LIMIT_MIB) problems.push(`peak RSS ${rss.peak} MiB is over ${RSS_LIMIT_MIB} MiB`);
+  if (big && big.peakRssMib > RSS_LIMIT_MIB) problems.push(`peak RSS with ${big.size} is ${big.peakRssMib} MiB, over ${RSS_LIMIT_MIB} MiB`);
+  if (big && !big.identical) problems.push(`the ${big.size} image came back different: ${big.compare}`);
+
+  const step = (name, label, runs) => {
+    const product = summarize(label, runs.map((r) => r.product.ms / 1000));
+    const baseline = summarize("curl GET + PUT of the same bytes", runs.map((r) => r.curl.value / 1000));
+    const stageNames = [...new Set(runs.flatMap((r) => Object.keys(r.product.stages)))];
+    const result = {
+      name,
+      unit: "s",
+      better: "lower",
+      product,
+      baseline,
+      ratio: Math.round((baseline.median / product.median) * 100) / 100,
+      target: { ratio: TARGET_RATIO },
+      // Where the product's time goes, and what Swift and the server burnt meanwhile (CPU seconds, medians).
+      stages: Object.fromEntries(stageNames.map((s) => [s, Math.round(median(runs.map((r) => r.product.stages[s] ?? 0)) * 100) / 100])),
+      cpu: {
+        swift: { product: seconds(median(runs.map((r) => r.product.swiftCpu)) * 1000), baseline: seconds(median(runs.map((r) => r.curl.swiftCpu)) * 1000) },
+        server: { product: seconds(median(runs.map((r) => r.product.serverCpu)) * 1000) },
+      },
+    };
+    return { ...result, met: targetMet(result) };
+  };
+  const results = [
+    step(`import ${size} raw from Swift to Swift`, "itx ImportImage (task time)", samples.import),
+    step(`export ${size} as qcow2 to Swift`, "itx ExportImage (task time)", samples.export),
+    rssResult(`server peak RSS, ${size} imports and exports`, rss.peak),
+  ];
+  if (big) {
+    results.push(rssResult(`server peak RSS, ${big.size} through Swift (import ${big.importS} s, export ${big.exportS} s)`, big.peakRssMib));
+  }
+  const output = { benchmark: "SWIFT", title: "Import from and export to Swift against curl", machine: await machineInfo(), results, problems };
+  if (opts.json) process.stdout.write(`${JSON.stringify(output)}\n`);
+  else report(output);
+  return problems.length > 0 ? 1 : 0;
+}
+
+function rssResult(name, peak) {
+  const result = { name, unit: "MiB", better: "lower", product: summarize("itx serve", [peak]), baseline: null, ratio: null, target: { max: RSS_LIMIT_MIB } };
+  return { ...result, met: targetMet(result) };
 }
 
 /** The big image: upload through a TempURL, import, export as qcow2, download, compare. */
@@ -241,16 +354,16 @@ async function bigImage(opts, workRoot, server, clients, swift, container) {
   }
 }
 
-function report(r) {
-  const lines = [
-    "",
-    `Swift: ${r.size} raw image, ${r.runs} runs; medians; ratio = curl time / product time (1.0 = as fast as curl; target >= ${TARGET_RATIO})`,
-    `  import from Swift to Swift  ${r.import.productS} s   curl GET + PUT of the same bytes ${r.import.curlS} s   ratio ${r.import.ratio}`,
-    `  export as qcow2 to Swift    ${r.export.productS} s   curl GET + PUT of the same bytes ${r.export.curlS} s   ratio ${r.export.ratio}`,
-    `  server peak RSS ${r.rssMib.peak} MiB (import ${r.rssMib.import}, export ${r.rssMib.export})`,
-  ];
-  if (r.big) lines.push(`  ${r.big.size} through Swift: import ${r.big.importS} s, export qcow2 ${r.big.exportS} s, peak RSS ${r.big.peakRssMib} MiB, ${r.big.identical ? "identical" : "DIFFERENT"} after download`);
-  for (const p of r.problems) lines.push(`  PROBLEM: ${p}`);
+function report(output) {
+  const lines = ["", `${output.title}: medians; ratio = curl time / product time (1.0 = as fast as curl; target >= ${TARGET_RATIO})`];
+  for (const r of output.results) {
+    if (r.baseline) {
+      lines.push(`  ${r.name}: ${r.product.median} s, curl ${r.baseline.median} s, ratio ${r.ratio}${r.met ? "" : " (below target)"}`);
+      lines.push(`    stages: ${Object.entries(r.stages).map(([s, v]) => `${s} ${v} s`).join(", ")}`);
+      lines.push(`    CPU s: Swift ${r.cpu.swift.product} (curl: ${r.cpu.swift.baseline}), itx server ${r.cpu.server.product}`);
+    } else lines.push(`  ${r.name}: ${r.product.median} ${r.unit} (limit ${r.target.max})`);
+  }
+  for (const p of output.problems) lines.push(`  PROBLEM: ${p}`);
   process.stdout.write(`${lines.join("\n")}\n`);
 }
 
