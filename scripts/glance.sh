@@ -199,6 +199,9 @@ start() {
   else
     cp "$empty" "$STATE/glance.sqlite"
   fi
+  # Each start's log only (the stores are fresh too).
+  : >"$LOG/glance-api.log"
+  : >"$LOG/glance-api.out"
   # 9>&-: the server must not hold the start/stop lock.
   setsid glance-api --config-file "$CONF/glance-api.conf" --config-file "$CONF/glance-image-import.conf" \
     </dev/null >>"$LOG/glance-api.out" 2>&1 9>&- &
