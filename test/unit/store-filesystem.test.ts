@@ -487,3 +487,49 @@ describe("keys cannot escape the root", () => {
     await storeErrorOf(linked.write("../escape", chunks("x")), "invalid");
   });
 });
+
+describe("adoptFile", () => {
+  it("moves a local file into the store under its key, without leaving the original or a temp file", async () => {
+    const work = path.join(dataDir, "work");
+    await fs.mkdir(work);
+    const file = path.join(work, "runtime");
+    await fs.writeFile(file, "converted image");
+    const info = await store.adoptFile!("images/a/b", file);
+    expect(info).toMatchObject({ key: "images/a/b", size: 15 });
+    expect((await readAll(await store.read("images/a/b"))).toString()).toBe("converted image");
+    await expect(fs.stat(file)).rejects.toMatchObject({ code: "ENOENT" });
+    expect(await tree(root)).toEqual(["images", "images/a", "images/a/b"]);
+  });
+
+  it("replaces an existing object whole", async () => {
+    await store.write("obj", chunks("old bytes"));
+    const file = path.join(base, "new");
+    await fs.writeFile(file, "new");
+    await store.adoptFile!("obj", file);
+    expect((await readAll(await store.read("obj"))).toString()).toBe("new");
+  });
+
+  it("refuses bad keys, links and directories, and leaves the file where it was", async () => {
+    const file = path.join(base, "keep");
+    await fs.writeFile(file, "mine");
+    await storeErrorOf(store.adoptFile!("../escape", file), "invalid");
+    await fs.symlink(file, path.join(base, "link"));
+    await storeErrorOf(store.adoptFile!("obj", path.join(base, "link")), "invalid");
+    await fs.mkdir(path.join(root, "dir"), { recursive: true });
+    await store.write("dir/inner", chunks("x"));
+    await storeErrorOf(store.adoptFile!("dir", file), "invalid");
+    await storeErrorOf(store.adoptFile!("missing", path.join(base, "no-such-file")), "not-found");
+    expect(await fs.readFile(file, "utf8")).toBe("mine");
+    expect(await store.stat("obj")).toBeUndefined();
+  });
+
+  it("adopts nothing once its signal has aborted", async () => {
+    const file = path.join(base, "aborted");
+    await fs.writeFile(file, "bytes");
+    const controller = new AbortController();
+    controller.abort();
+    await expect(store.adoptFile!("obj", file, { signal: controller.signal })).rejects.toMatchObject({ name: "AbortError" });
+    expect(await store.stat("obj")).toBeUndefined();
+    expect(await fs.readFile(file, "utf8")).toBe("bytes");
+  });
+});

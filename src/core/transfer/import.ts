@@ -14,7 +14,7 @@ import { withDeadline } from "./deadline.js";
 import { imageKey, isHandover, type Executor, type TaskRun, type TransferEnvironment } from "./environment.js";
 import { taskFailure } from "./failure.js";
 import { inspectFile, refuseConverted, refuseUpload, sourceFormat } from "./inspection.js";
-import { downloadToFile, fanOut, fileChunks, type StoreTarget } from "./streams.js";
+import { downloadToFile, storeFile, type StoreTarget } from "./streams.js";
 
 /** What ImportImage records on the task for the worker. */
 export interface ImportInput {
@@ -116,8 +116,10 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     if (runtimeSize > config.maxImageBytes) {
       throw taskFailure("IMAGE_TOO_LARGE", `stored as ${storedFormat} the image is ${runtimeSize} bytes; the limit is ${config.maxImageBytes}`);
     }
-    const stored = await fanOut(fileChunks(runtimePath, signal), lanes, {
+    // The work file is ours to give away: a file store on the same file system takes it by rename.
+    const stored = await storeFile(runtimePath, lanes, {
       signal,
+      adopt: true,
       onBytes: (done) => run.progress("storing", done, runtimeSize),
     });
     const locations: ImageLocation[] = [];

@@ -2,8 +2,11 @@ import { createHash, type Hash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { PassThrough, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { ObjectInfo, StoreInstance } from "../../plugins/plugin-api.js";
+import { defaultRetryPolicy, isTransient, type RetryPolicy } from "../store-retry.js";
 import { taskFailure } from "./failure.js";
+import { hashFile } from "./hashing.js";
 
 /** Chunks read from local files: large enough that per-chunk costs vanish, small enough to bound memory. */
 export const CHUNK_BYTES = 1024 * 1024;
@@ -130,4 +133,122 @@ function drained(stream: PassThrough): Promise<void> {
 /** A local file as a fan-out source. */
 export function fileChunks(path: string, signal: AbortSignal): AsyncIterable<Buffer> {
   return createReadStream(path, { highWaterMark: CHUNK_BYTES, signal });
+}
+
+export interface StoreFileOptions {
+  signal: AbortSignal;
+  onBytes?: (done: number) => void;
+  /** md5 and sha512 of the file (import records them); off for exports, which need none. */
+  hash?: boolean;
+  /**
+   * The file is the caller's to give away: one store that can adopt it (a file store on the
+   * same file system) takes it over by rename, after every other store has read it.
+   */
+  adopt?: boolean;
+  /** Back-off for a store whose write fails transiently; it starts again from the first byte. */
+  retry?: RetryPolicy;
+}
+
+/**
+ * Stores a local file in every target store and hashes it. Nothing waits on anything else:
+ * md5 and sha512 run on two threads that read the file themselves (see hashFile), and each
+ * store reads the file on its own (the page cache serves the repeats), so a store that fails
+ * transiently is tried again from the start, with back-off, without holding the others up;
+ * the hashes still come from one pass. A store that fails for good drops out and the others
+ * go on, so the caller decides whether partial success is enough. When every store failed
+ * the hashes are not finished and come back empty.
+ */
+export async function storeFile(path: string, targets: readonly StoreTarget[], options: StoreFileOptions): Promise<FanOutResult> {
+  // Hashing stops when the caller aborts, or when no store is left to record its result for.
+  const stop = new AbortController();
+  const signal = AbortSignal.any([options.signal, stop.signal]);
+  const progress = { hashed: options.hash === false ? Infinity : 0, lanes: targets.map(() => 0) };
+  const report = () => {
+    const done = Math.min(progress.hashed, ...progress.lanes);
+    if (Number.isFinite(done)) options.onBytes?.(done);
+  };
+  const hashing =
+    options.hash === false
+      ? undefined
+      : hashFile(path, ["md5", "sha512"], {
+          signal,
+          onBytes: (done) => {
+            progress.hashed = done;
+            report();
+          },
+        });
+  hashing?.catch(() => undefined); // settled below; never unhandled meanwhile
+  const laneDone = (i: number) => () => {
+    progress.lanes[i] = Infinity;
+    report();
+  };
+  const adopter = options.adopt ? targets.findIndex((t) => t.instance.adoptFile !== undefined) : -1;
+  const copies = targets.map((target, i) =>
+    i === adopter
+      ? undefined
+      : writeFile(target, path, options.signal, options.retry, (done) => {
+          progress.lanes[i] = done;
+          report();
+        }).finally(laneDone(i)),
+  );
+  const lanes = targets.map((target, i) => {
+    if (i !== adopter) return copies[i]!;
+    // The file moves into this store: only once every other store has read all of it.
+    return Promise.allSettled(copies.filter((c) => c !== undefined))
+      .then(async () => {
+        const adopted = await target.instance.adoptFile!(target.key, path, { signal: options.signal });
+        return adopted ?? (await writeFile(target, path, options.signal, options.retry, () => undefined));
+      })
+      .finally(laneDone(i));
+  });
+  const outcomes = await Promise.allSettled(lanes);
+  const stored = outcomes.some((o) => o.status === "fulfilled");
+  if (!stored) stop.abort(new Error("no store took the image"));
+  const hashed = hashing && (await Promise.allSettled([hashing]))[0];
+  if (stored && (hashed?.status === "rejected" || options.signal.aborted)) {
+    // Stopped, or without the hashes that make them an image: the stored copies go.
+    await Promise.allSettled(outcomes.map((o, i) => (o.status === "fulfilled" ? targets[i]!.instance.delete(targets[i]!.key) : undefined)));
+    options.signal.throwIfAborted();
+    throw (hashed as PromiseRejectedResult).reason;
+  }
+  options.signal.throwIfAborted();
+  const digests = hashed?.status === "fulfilled" ? hashed.value : undefined;
+  const size = digests?.size ?? outcomes.find((o) => o.status === "fulfilled")?.value.size ?? 0;
+  return { size, md5: digests?.digests.md5 ?? "", sha512: digests?.digests.sha512 ?? "", outcomes };
+}
+
+/**
+ * Writes a local file to one store. A transient failure (the store unavailable, a dropped
+ * connection) is tried again from the first byte after a back-off with jitter, up to the
+ * policy's bound; whatever a transiently failed try may have left under the key is removed.
+ */
+async function writeFile(
+  target: StoreTarget,
+  path: string,
+  signal: AbortSignal,
+  policy: RetryPolicy = defaultRetryPolicy,
+  onBytes: (done: number) => void,
+): Promise<ObjectInfo> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      onBytes(0);
+      return await target.instance.write(target.key, counted(fileChunks(path, signal), onBytes), { signal });
+    } catch (err) {
+      if (signal.aborted) throw err;
+      // A failed write leaves nothing, by contract; a store that kept bytes anyway loses them here.
+      if (isTransient(err)) await target.instance.delete(target.key, { signal }).catch(() => undefined);
+      if (!isTransient(err) || attempt >= policy.retries) throw err;
+      const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** attempt);
+      await sleep(ceiling / 2 + Math.random() * (ceiling / 2), undefined, { signal });
+    }
+  }
+}
+
+async function* counted(source: AsyncIterable<Buffer>, onBytes: (done: number) => void): AsyncGenerator<Buffer> {
+  let done = 0;
+  for await (const chunk of source) {
+    done += chunk.length;
+    onBytes(done);
+    yield chunk;
+  }
 }
