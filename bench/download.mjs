@@ -3,7 +3,7 @@
  * Issue 8, B2 and B3: how fast an image leaves ImageTransfer, against nginx serving the same file.
  *
  *   node bench/download.mjs [--quick] [--runs N] [--size-mib M] [--json] [--tmp-dir DIR]
- *                           [--grpc-window BYTES] [--profile b2|grpc-js|connect] [--profile-dir DIR]
+ *                           [--grpc-window BYTES] [--profile b2,grpc-js,connect] [--profile-runs N] [--profile-dir DIR]
  *
  * Setup (not timed): a raw disk of --size-mib (default 2048; --quick 512), first half random,
  * second half zeros, uploaded through CreateUploadUrl (curl PUT) and imported as RAW on one
@@ -22,9 +22,12 @@
  *   B3 connect DownloadImageData to a Connect client (createGrpcTransport, HTTP/2)
  * B2's target is 0.9 x nginx and B3's 0.4 x nginx, against the same run's nginx median.
  *
- * --profile NAME: afterwards restarts the server under `node --cpu-prof`, downloads through that
- * one path --runs times, stops the server and prints where its CPU time went (self time by
- * function, GC share, inclusive time of the store read wrappers) to stderr and into the JSON.
+ * --profile NAMES: afterwards, for each named path, restarts the server under `node --cpu-prof`,
+ * downloads through that one path --profile-runs times (default 2), stops the server and prints
+ * where its CPU time went after start-up (self time by function, GC share, inclusive time of the
+ * store read wrappers) to stderr and into the JSON ("profiles"). Every run also records the
+ * server's CPU seconds per GiB (from /proc) and, for the gRPC clients, which run in this
+ * process, the client's ("cpuSecondsPerGiB").
  *
  * --json prints one JSON object (bench/README's shared shape; "benchmark": "B2+B3", each result
  * names its own id) on stdout; progress goes to stderr. Exit status: 0 ran (targets reported, not
@@ -50,7 +53,7 @@ const DEFAULT_GRPC_WINDOW = 16 * MiB;
 // Arguments
 
 function parseArgs(argv) {
-  const opts = { quick: false, runs: undefined, sizeMib: undefined, json: false, tmpDir: process.env.BENCH_TMPDIR || tmpdir(), grpcWindow: DEFAULT_GRPC_WINDOW, profile: undefined, profileDir: undefined };
+  const opts = { quick: false, runs: undefined, sizeMib: undefined, json: false, tmpDir: process.env.BENCH_TMPDIR || tmpdir(), grpcWindow: DEFAULT_GRPC_WINDOW, profile: undefined, profileDir: undefined, profileRuns: 2 };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
     const take = () => {
@@ -75,6 +78,7 @@ function parseArgs(argv) {
         if (!opts.profile.every((p) => PATHS.includes(p))) throw new BenchError(`--profile takes a comma-separated list of ${PATHS.join(", ")}`);
         break;
       case "--profile-dir": opts.profileDir = resolve(take()); break;
+      case "--profile-runs": opts.profileRuns = count(); break;
       case "-h": case "--help":
         process.stdout.write(readFileSync(fileURLToPath(import.meta.url), "utf8").split("*/")[0].replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
         process.exit(0);
@@ -260,10 +264,29 @@ async function grpcJsClient(serverUrl, token, window) {
   };
 }
 
-async function connectClient(serverUrl, token) {
+/**
+ * A Connect gRPC client over HTTP/2. With `window`, its stream and connection flow-control
+ * windows are raised to that (Node's http2 client has 64 KiB for both by default).
+ */
+async function connectClient(serverUrl, token, window) {
   const { connect, connectNode, transfer } = await loadApi();
+  let sessionManager;
+  if (window !== undefined) {
+    const tuned = new WeakSet();
+    sessionManager = new (class extends connectNode.Http2SessionManager {
+      async request(...args) {
+        const stream = await super.request(...args);
+        if (!tuned.has(stream.session)) {
+          tuned.add(stream.session);
+          stream.session.setLocalWindowSize(window);
+        }
+        return stream;
+      }
+    })(serverUrl, {}, { settings: { initialWindowSize: window } });
+  }
   const transport = connectNode.createGrpcTransport({
     baseUrl: serverUrl,
+    sessionManager,
     interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
   });
   const client = connect.createClient(transfer.TransferService, transport);
@@ -278,6 +301,16 @@ async function connectClient(serverUrl, token) {
     },
     close() {},
   };
+}
+
+/** A process's CPU time (user + system) in ms, from /proc/PID/stat (clock ticks of 10 ms). */
+function cpuMsOf(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return NaN;
+  }
 }
 
 async function timed(size, fn) {
@@ -320,12 +353,15 @@ async function startProfiledServer(dataDir, profileDir) {
 // ---------------------------------------------------------------------------------------------
 // CPU profiles: self time by function, GC share, and the read wrappers' inclusive time
 
-function summarizeProfile(file) {
+function summarizeProfile(file, skipMs = 0) {
   const profile = JSON.parse(readFileSync(file, "utf8"));
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const selfUs = new Map();
+  let at = 0;
   for (let i = 0; i < profile.samples.length; i++) {
     const id = profile.samples[i];
+    at += profile.timeDeltas[i] ?? 0;
+    if (at < skipMs * 1000) continue;
     selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0));
   }
   const label = (n) => {
@@ -424,7 +460,7 @@ async function main(opts) {
     const sha = expected.digest("hex");
 
     let grpcJs = await grpcJsClient(server.url, token, opts.grpcWindow);
-    let connect = await connectClient(server.url, token);
+    let connect = await connectClient(server.url, token, opts.grpcWindow);
     const paths = {
       nginx: () => curlDownload(nginxUrl, target.size),
       b2: () => curlDownload(target.url, target.size),
@@ -442,15 +478,29 @@ async function main(opts) {
     for (const [name, got] of Object.entries(checks)) if (got !== sha) result.problems.push(`${name}: the downloaded bytes' sha256 ${got} differs from the file's ${sha}`);
 
     const samples = { nginx: [], b2: [], "grpc-js": [], connect: [] };
+    // CPU seconds per GiB moved, of the server and (for the in-process gRPC clients) of the client.
+    const cpu = { b2: { server: [] }, "grpc-js": { server: [], client: [] }, connect: { server: [], client: [] } };
+    const perGiB = (ms) => (ms / 1000) * (2 ** 30 / target.size);
     for (let i = 1; i <= opts.runs; i++) {
       const line = [];
       for (const name of Object.keys(samples)) {
+        const serverBefore = cpuMsOf(server.pid);
+        const clientBefore = process.cpuUsage();
         const r = await paths[name]();
+        const clientUsed = process.cpuUsage(clientBefore);
+        if (cpu[name]) {
+          cpu[name].server.push(perGiB(cpuMsOf(server.pid) - serverBefore));
+          cpu[name].client?.push(perGiB((clientUsed.user + clientUsed.system) / 1000));
+        }
         samples[name].push(r.mbps);
         line.push(`${name} ${Math.round(r.mbps)} MB/s`);
       }
       say(`run ${i}/${opts.runs}: ${line.join(", ")}`);
     }
+    result.cpuSecondsPerGiB = Object.fromEntries(
+      Object.entries(cpu).map(([name, c]) => [name, Object.fromEntries(Object.entries(c).map(([side, v]) => [side, Math.round(median(v) * 100) / 100]))]),
+    );
+    say(`CPU seconds per GiB (medians): ${JSON.stringify(result.cpuSecondsPerGiB)}`);
     grpcJs.close();
     connect.close();
 
@@ -465,18 +515,20 @@ async function main(opts) {
       await server.stop();
       const profileDir = join(opts.profileDir ?? join(workRoot, "profile"), path);
       mkdirSync(profileDir, { recursive: true });
+      const spawned = performance.now();
       server = await startProfiledServer(dataDir, profileDir);
       grpcJs = await grpcJsClient(server.url, token, opts.grpcWindow);
-      connect = await connectClient(server.url, token);
+      connect = await connectClient(server.url, token, opts.grpcWindow);
       const url = (await downloadTarget(server, imageId)).url;
       const one = { b2: () => curlDownload(url, target.size), "grpc-js": paths["grpc-js"], connect: paths.connect }[path];
       const profiled = [];
-      for (let i = 0; i < opts.runs; i++) profiled.push((await one()).mbps);
+      const skipMs = performance.now() - spawned; // start-up and set-up are not what is measured
+      for (let i = 0; i < opts.profileRuns; i++) profiled.push((await one()).mbps);
       grpcJs.close();
       await server.stop();
       const files = readdirSync(profileDir).filter((f) => f.endsWith(".cpuprofile")).map((f) => join(profileDir, f));
       if (files.length === 0) throw new BenchError(`the server wrote no CPU profile into ${profileDir}`);
-      const summary = { path, mbpsUnderProfiler: profiled.map(round), ...summarizeProfile(files[0]) };
+      const summary = { path, mbpsUnderProfiler: profiled.map(round), ...summarizeProfile(files[0], skipMs) };
       (result.profiles ??= []).push(summary);
       printProfile(summary);
     }
