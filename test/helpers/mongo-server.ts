@@ -1,6 +1,9 @@
 // Starts a throwaway MongoDB-wire server for tests: $MONGODB_URI, else mongod from PATH,
-// else FerretDB (SQLite backend) built by scripts/ferretdb.sh.
-import { spawn, type ChildProcess, type SpawnOptions } from "node:child_process";
+// else FerretDB built by scripts/ferretdb.sh, keeping its data in the machine's PostgreSQL
+// (in a database of its own, dropped on stop), or in SQLite where no PostgreSQL answers.
+import { execFile, spawn, type ChildProcess, type SpawnOptions } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { promisify } from "node:util";
 import { constants as fsConstants } from "node:fs";
 import { access, mkdir, mkdtemp, open, readFile, rm } from "node:fs/promises";
 import { createServer } from "node:net";
@@ -50,21 +53,71 @@ export async function startMongoServer(): Promise<MongoServer> {
   }
 
   const ferretdb = await buildFerretdb();
-  return startWithRetry("ferretdb", (dir, port) => ({
-    bin: ferretdb,
-    args: [
-      "--handler=sqlite",
-      `--sqlite-url=file:${join(dir, "data")}/`,
-      `--state-dir=${dir}`,
-      `--listen-addr=127.0.0.1:${port}`,
-      // "-" disables the metrics/pprof HTTP listener, which otherwise claims port 8088.
-      "--debug-addr=-",
-      "--telemetry=disable",
-    ],
-    env: ferretdbEnv(),
-    // FerretDB does not create the SQLite directory itself.
-    setup: () => mkdir(join(dir, "data")),
-  }));
+  const postgres = await postgresAvailable();
+  return startWithRetry("ferretdb", (dir, port) => {
+    const database = `itx_test_${randomBytes(6).toString("hex")}`;
+    const backend = postgres
+      ? {
+          args: ["--handler=pg", `--postgresql-url=${postgresUrl(database)}`],
+          setup: () => psql(`CREATE DATABASE ${database}`),
+          teardown: () => psql(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`),
+        }
+      : {
+          args: ["--handler=sqlite", `--sqlite-url=file:${join(dir, "data")}/`],
+          // FerretDB does not create the SQLite directory itself.
+          setup: () => mkdir(join(dir, "data")),
+        };
+    return {
+      bin: ferretdb,
+      args: [
+        ...backend.args,
+        `--state-dir=${dir}`,
+        `--listen-addr=127.0.0.1:${port}`,
+        // "-" disables the metrics/pprof HTTP listener, which otherwise claims port 8088.
+        "--debug-addr=-",
+        "--telemetry=disable",
+      ],
+      env: ferretdbEnv(),
+      setup: backend.setup,
+      teardown: "teardown" in backend ? backend.teardown : undefined,
+    };
+  });
+}
+
+/**
+ * Where FerretDB keeps its data: PostgreSQL, which this kind of machine runs (trust auth on
+ * loopback). FerretDB's SQLite backend serialises writers: with three workers on saturated
+ * cores its writes stalled for minutes (issue 7), which says nothing about MongoDB.
+ */
+const postgresAdminUrl = process.env.ITX_TEST_POSTGRES_URL ?? "postgresql://postgres@127.0.0.1:5432/postgres";
+
+function postgresUrl(database: string): string {
+  const url = new URL(postgresAdminUrl);
+  url.pathname = `/${database}`;
+  return url.href;
+}
+
+const run = promisify(execFile);
+
+async function psql(sql: string): Promise<void> {
+  await run("psql", [postgresAdminUrl, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { timeout: 30_000 });
+}
+
+let postgresChecked: Promise<boolean> | undefined;
+
+/** Whether PostgreSQL answers; starts the machine's cluster once if it does not. Without it FerretDB falls back to SQLite, loudly. */
+function postgresAvailable(): Promise<boolean> {
+  return (postgresChecked ??= (async () => {
+    const answers = () => psql("SELECT 1").then(() => true, () => false);
+    if (await answers()) return true;
+    const clusters = await run("bash", ["-c", "ls /etc/postgresql 2>/dev/null"]).then((r) => r.stdout.split("\n").filter(Boolean), () => []);
+    for (const version of clusters) {
+      await run("pg_ctlcluster", ["--skip-systemctl-redirect", version, "main", "start"], { timeout: 60_000 }).catch(() => undefined);
+    }
+    if (await answers()) return true;
+    console.warn(`mongo-server: no PostgreSQL answers at ${postgresAdminUrl}; FerretDB falls back to SQLite, whose writers stall under concurrent load`);
+    return false;
+  })());
 }
 
 interface LaunchSpec {
@@ -72,6 +125,7 @@ interface LaunchSpec {
   args: string[];
   env: NodeJS.ProcessEnv;
   setup(): Promise<unknown>;
+  teardown?(): Promise<unknown>;
 }
 
 async function startWithRetry(
@@ -96,7 +150,7 @@ async function launch(
   const dir = await mkdtemp(join(tmpdir(), `itx-${name}-`));
   const logPath = join(dir, `${name}.log`);
   let port: number;
-  let spec: LaunchSpec;
+  let spec: LaunchSpec | undefined;
   let proc: TrackedProcess;
   try {
     port = await freePort();
@@ -110,6 +164,7 @@ async function launch(
       await log.close();
     }
   } catch (err) {
+    await spec?.teardown?.().catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
@@ -137,6 +192,7 @@ async function launch(
           await proc.exited;
         }
       }
+      await spec.teardown?.().catch(() => undefined);
       await rm(dir, { recursive: true, force: true });
     })());
 

@@ -22,6 +22,22 @@ async function collect(stream: AsyncIterable<{ task?: Task }>): Promise<Task[]> 
   return seen;
 }
 
+/**
+ * Watches that have sent their first snapshot, so that changes made next are changes they
+ * must show (a fixed sleep was not enough on loaded machines: a late watch began at a later version).
+ */
+async function startedWatches(streams: AsyncIterable<{ task?: Task }>[]): Promise<Promise<Task[]>[]> {
+  const started = await Promise.all(
+    streams.map(async (stream) => {
+      const chunks = stream[Symbol.asyncIterator]();
+      const first = await chunks.next();
+      if (first.done) throw new Error("the watch ended before its first snapshot");
+      return { rest: collect({ [Symbol.asyncIterator]: () => chunks }), first: first.value.task! };
+    }),
+  );
+  return started.map(({ first, rest }) => rest.then((seen) => [first, ...seen]));
+}
+
 /** Versions arrive one by one, none skipped, none repeated. */
 function expectEveryChangeInOrder(seen: Task[], final: number) {
   expect(seen.map((t) => Number(t.version))).toEqual(Array.from({ length: final }, (_, i) => i + 1));
@@ -42,8 +58,7 @@ describe("WatchTask in one process", () => {
 
   it("sends the snapshot, then every change in order, to each of several watchers, and ends at the terminal state", async () => {
     const task = await hub.create(newTask());
-    const watchers = Array.from({ length: 3 }, () => collect(client.watchTask({ id: task.id })));
-    await new Promise((r) => setTimeout(r, 100));
+    const watchers = await startedWatches(Array.from({ length: 3 }, () => client.watchTask({ id: task.id })));
 
     await hub.change(task.id, { state: "running", patch: { attempts: 1 } });
     for (let done = 0; done <= 1000; done += 100) {
@@ -146,8 +161,7 @@ describe("WatchTask across two server processes sharing MongoDB", () => {
     await worker.insertTask(task);
     const clientA = createClient(TaskService, createGrpcTransport({ baseUrl: a.url }));
     const clientB = createClient(TaskService, createGrpcTransport({ baseUrl: b.url }));
-    const watchers = [clientA, clientA, clientB, clientB].map((c) => collect(c.watchTask({ id: task.id })));
-    await new Promise((r) => setTimeout(r, 200));
+    const watchers = await startedWatches([clientA, clientA, clientB, clientB].map((c) => c.watchTask({ id: task.id })));
 
     // Changes faster than the watchers poll: none may be lost.
     let last = await worker.updateTask(task.id, { state: "running" });
@@ -168,8 +182,7 @@ describe("WatchTask across two server processes sharing MongoDB", () => {
     await worker.updateTask(task.id, { state: "running" });
     const clientA = createClient(TaskService, createGrpcTransport({ baseUrl: a.url }));
     const clientB = createClient(TaskService, createGrpcTransport({ baseUrl: b.url }));
-    const watcher = collect(clientA.watchTask({ id: task.id }));
-    await new Promise((r) => setTimeout(r, 100));
+    const [watcher] = await startedWatches([clientA.watchTask({ id: task.id })]);
     await clientB.cancelTask({ id: task.id });
     const seen = await watcher;
     expect(seen.map((t) => t.state)).toEqual([TaskState.RUNNING, TaskState.CANCELED]);
