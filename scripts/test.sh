@@ -46,15 +46,9 @@ step "FerretDB (MongoDB wire protocol server for the tests)"
 bash scripts/ferretdb.sh
 
 step "vitest"
-# The scale-out test (three servers on one FerretDB, one killed) runs on its own afterwards:
-# beside the other files on 2 saturated cores its imports stall (see the test's header).
-alone=test/e2e/scale-out.test.ts
-status=0
-npx vitest run --exclude "$alone" --reporter=default --reporter=json --outputFile.json="$gen/main.json" "$@" || status=$?
-step "vitest: $alone, alone"
-npx vitest run "$alone" --reporter=default --reporter=json --outputFile.json="$gen/alone.json" || status=$?
 # One plain closing line that any CI can read.
-node -e 'const rs = process.argv.slice(1).map((f) => require(f));
-  const sum = (k) => rs.reduce((n, r) => n + r[k], 0);
-  console.log(`vitest: ${sum("numPassedTests")} passed, ${sum("numFailedTests")} failed, ${sum("numPendingTests") + sum("numTodoTests")} skipped`);' "$gen/main.json" "$gen/alone.json"
+status=0
+npx vitest run --reporter=default --reporter=json --outputFile.json="$gen/vitest.json" "$@" || status=$?
+node -e 'const r = require(process.argv[1]);
+  console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + r.numTodoTests} skipped`);' "$gen/vitest.json"
 exit "$status"
