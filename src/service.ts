@@ -118,7 +118,7 @@ export async function buildService(config: Config, logger: Logger): Promise<Serv
   const tracing = await startTracing({ otlpEndpoint: config.otlpEndpoint, serviceName: "imagetransfer" }, logger);
   const container = rootContainer.createChildContainer();
   const repository: Repository = config.mongodbUri
-    ? new MongoRepository({ uri: config.mongodbUri })
+    ? new MongoRepository({ uri: config.mongodbUri, socketTimeoutMS: config.databaseTimeoutSeconds * 1000 })
     : new SqliteRepository(config.dataDir);
   await initRepository(repository, logger);
 

@@ -23,6 +23,8 @@ export const configSchema = z
     dataDir: z.string().min(1).default("./var"),
     region: z.string().min(1).default("local"),
     mongodbUri: z.string().regex(/^mongodb(\+srv)?:\/\//, "must be a mongodb:// URI").optional(),
+    /** A database call that waits this long for an answer fails as UNAVAILABLE (and is retried where the caller retries). */
+    databaseTimeoutSeconds: z.number().min(1).max(600).default(20),
     pluginsDirs: z.array(z.string().min(1)).default([]),
     tls: z.strictObject({ cert: z.string().min(1), key: z.string().min(1) }).optional(),
     /** HOST:PORT for Prometheus metrics at /metrics, off the public listener; unset means no metrics listener. */

@@ -22,6 +22,11 @@ export interface MongoServer {
    * starts it again on the same port with the same data. Not available for MONGODB_URI.
    */
   outage?(): Promise<() => Promise<void>>;
+  /**
+   * Simulates a hung server: stops the process (SIGSTOP), so connections are accepted but
+   * never answered, and returns a function that lets it go on. Not available for MONGODB_URI.
+   */
+  freeze?(): () => void;
 }
 
 const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
@@ -215,7 +220,11 @@ async function launch(
       await waitForPing(uri, () => proc.exitInfo);
     };
   };
-  return { uri, stop, outage };
+  const freeze = () => {
+    proc.child.kill("SIGSTOP");
+    return () => void proc.child.kill("SIGCONT");
+  };
+  return { uri, stop, outage, freeze };
 }
 
 interface TrackedProcess {

@@ -3,7 +3,7 @@ import { createReadStream } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { DiskFormat, ImageService, ImageStatus } from "../../src/gen/imagetransfer/v1/image_pb.js";
@@ -55,4 +55,28 @@ it("finishes a transfer that was running while the database was away for seconds
   for await (const chunk of createReadStream(raw)) hash.update(chunk as Buffer);
   const { image } = await createClient(ImageService, transport).getImage({ id: task!.imageId });
   expect(image).toMatchObject({ status: ImageStatus.ACTIVE, osHashValue: hash.digest("hex") });
+}, 120_000);
+
+it("answers UNAVAILABLE when the database stops answering, within databaseTimeoutSeconds, and serves again once it answers", async () => {
+  const impatient = await startTestService({ mongodbUri: withDatabase(db.uri, "itx_hung_database"), databaseTimeoutSeconds: 2 });
+  try {
+    const images = createClient(ImageService, createGrpcTransport({ baseUrl: impatient.url }));
+    await images.listImages({});
+    const thaw = db.freeze!();
+    try {
+      const started = Date.now();
+      const error = await images.listImages({}).then(() => undefined, (err: unknown) => err);
+      expect(error).toBeInstanceOf(ConnectError);
+      expect((error as ConnectError).code).toBe(Code.Unavailable);
+      expect((error as ConnectError).rawMessage).toMatch(/database/);
+      // Ended by the 2 s limit, not hung (it took 62 s before the limit applied to handshakes too):
+      // a read is retried once, and may wait up to 5 s to select a server, so about 6 s here.
+      expect(Date.now() - started).toBeLessThan(20_000);
+    } finally {
+      thaw();
+    }
+    await expect.poll(() => images.listImages({}).then(() => "answered", () => "failed"), { timeout: 30_000, interval: 500 }).toBe("answered");
+  } finally {
+    await impatient.stop();
+  }
 }, 120_000);

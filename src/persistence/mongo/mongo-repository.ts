@@ -48,6 +48,11 @@ export interface MongoRepositoryOptions {
   uri: string;
   /** How long an operation waits for a reachable server before answering UNAVAILABLE. */
   serverSelectionTimeoutMS?: number;
+  /**
+   * How long a call waits for the server's answer. A server that accepts connections but
+   * does not answer (overloaded, stopped) must not hold a worker or an RPC forever.
+   */
+  socketTimeoutMS?: number;
 }
 
 /**
@@ -67,6 +72,9 @@ export class MongoRepository implements Repository {
   constructor(options: MongoRepositoryOptions) {
     this.client = new MongoClient(options.uri, {
       serverSelectionTimeoutMS: options.serverSelectionTimeoutMS ?? 5000,
+      // A new connection's handshake waits no longer than a call does.
+      connectTimeoutMS: options.socketTimeoutMS ?? 20_000,
+      socketTimeoutMS: options.socketTimeoutMS ?? 20_000,
       ignoreUndefined: true,
     });
     // The URI's database, or "imagetransfer" when it names none.
