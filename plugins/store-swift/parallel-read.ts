@@ -47,7 +47,10 @@ export class PartsReader extends Readable {
     private readonly describe: (err: unknown) => unknown,
     signal?: AbortSignal,
   ) {
-    super({ highWaterMark: 1024 * 1024 });
+    // One chunk at a time in the stream's own buffer: a reader that calls read() (an async
+    // iterator does) would otherwise get every buffered chunk concatenated, a copy of each byte.
+    // The parts' own chunk lists are the buffer.
+    super({ highWaterMark: 1 });
     this.signal = signal ? AbortSignal.any([signal, this.abort.signal]) : this.abort.signal;
     const head = this.inFlight(first.part);
     this.queue.push(head);

@@ -252,6 +252,28 @@ describe("reads in parts", () => {
     expect((await all).toString()).toBe(data.toString());
   });
 
+  it("hands on the chunks the responses delivered, not copies of them", async () => {
+    const sent = Array.from({ length: 12 }, (_, i) => Buffer.alloc(1000, i));
+    const fetchPart = async (part: Part) => {
+      const response = new PassThrough();
+      const index = part.offset / 4000;
+      setImmediate(() => {
+        for (const chunk of sent.slice(index * 4, index * 4 + 4)) response.write(chunk);
+        response.end();
+      });
+      return response as never;
+    };
+    const first = new PassThrough();
+    const reader = new PartsReader({ part: { path: "/c/o", offset: 0, length: 4000 }, response: first as never }, split("/c/o", 4000, 8000, 4000), fetchPart, 3, (e) => e);
+    for (const chunk of sent.slice(0, 4)) first.write(chunk);
+    first.end();
+    await new Promise((r) => setTimeout(r, 20)); // everything has arrived and waits in the reader
+    const got: Buffer[] = [];
+    for await (const chunk of reader) got.push(chunk as Buffer);
+    expect(got).toHaveLength(sent.length);
+    got.forEach((chunk, i) => expect(chunk.buffer === sent[i]!.buffer && chunk.byteOffset === sent[i]!.byteOffset).toBe(true));
+  });
+
   it("a part that comes back short fails the read as unavailable, so the caller resumes", async () => {
     const data = Buffer.alloc(40, 1);
     const swift = fakeSwift(data);
