@@ -188,11 +188,14 @@ export function writeRawDisk(path, bytes) {
 // ---------------------------------------------------------------------------------------------
 // The server
 
-/** `itx serve` on a free loopback port; resolves once it says where it listens. */
-export async function startServer(dataDir, extraArgs = []) {
+/**
+ * `itx serve` on a free loopback port; resolves once it says where it listens. `nodeArgs` go
+ * to node itself, e.g. ["--cpu-prof", "--cpu-prof-dir", DIR] (not allowed in NODE_OPTIONS).
+ */
+export async function startServer(dataDir, extraArgs = [], { nodeArgs = [] } = {}) {
   mkdirSync(dataDir, { recursive: true });
   const child = track(
-    spawn(process.execPath, [cliPath, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "warn", ...extraArgs], {
+    spawn(process.execPath, [...nodeArgs, cliPath, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "warn", ...extraArgs], {
       cwd: repoRoot,
       // Only the flags configure this server: no ITX_* settings or MONGODB_URI from the caller's shell.
       env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ITX_") && k !== "MONGODB_URI")),

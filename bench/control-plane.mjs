@@ -17,10 +17,12 @@
  * 1. ImportImage rate (no baseline; target >= 1000 tasks/s embedded, >= 300 tasks/s MongoDB):
  *    on the embedded store (SQLite), then on MongoDB (FerretDB on a loopback port, started from
  *    ~/.cache/imagetransfer/bin/ferretdb; --skip-mongo leaves it out). After a warm-up of 200
- *    calls, each run makes --calls ImportImage calls (new image, raw, noop seed) with --in-flight
+ *    calls, each run makes --calls (2000; --quick 500) ImportImage calls (new image, raw, noop seed) with --in-flight
  *    (64) outstanding at any time over one HTTP/2 connection (Connect protocol, binary), and
- *    rate = calls / wall time. Every call must return a task with an ID; the first task of the
- *    run is then watched until it ends, and must SUCCEED (the stubbed pipeline really runs).
+ *    rate = calls / wall time. Every call must return a task with an ID, all distinct; the first
+ *    warm-up task is watched until it ends, and must SUCCEED (the stubbed pipeline really
+ *    runs). The runs do not wait for the backlog of queued tasks: the runner works through it
+ *    (2 at a time) while the next run's calls are measured, as a busy server would.
  *
  * 2. WatchTask delay (target p99 < 100 ms), embedded (and MongoDB with --watch-mongo): a
  *    server with maxConcurrentTasks = --watch-tasks (100) and a noop store whose reads wait for
@@ -100,8 +102,8 @@ function parseArgs(argv) {
       default: throw new BenchError(`unknown argument ${argv[i]}`);
     }
   }
-  opts.runs ??= opts.quick ? 3 : 5;
-  opts.calls ??= opts.quick ? 1000 : 5000;
+  opts.runs ??= 3;
+  opts.calls ??= opts.quick ? 500 : 2000;
   opts.watchChunks ??= opts.quick ? 30 : 50;
   return opts;
 }
@@ -127,14 +129,7 @@ async function startBenchServer(work, plugins, { mongodbUri, noopOptions = {}, e
   const args = ["--config", configPath, "--plugins-dir", plugins];
   // A fresh database per server, so that no run inherits another's backlog.
   if (mongodbUri) args.push("--mongodb-uri", `${mongodbUri}itx-bench-b5-${n}`);
-  const savedNodeOptions = process.env.NODE_OPTIONS;
-  if (opts.profile) process.env.NODE_OPTIONS = `${savedNodeOptions ?? ""} --cpu-prof --cpu-prof-dir=${opts.profile}`.trim();
-  try {
-    return await startServer(dataDir, args);
-  } finally {
-    if (savedNodeOptions === undefined) delete process.env.NODE_OPTIONS;
-    else process.env.NODE_OPTIONS = savedNodeOptions;
-  }
+  return startServer(dataDir, args, { nodeArgs: opts.profile ? ["--cpu-prof", "--cpu-prof-dir", opts.profile] : [] });
 }
 
 /** Clients over HTTP/2 (h2c), `connections` separate sessions; authenticated with the server's local admin key. */
@@ -206,9 +201,6 @@ async function measureImportRate(label, server, problems) {
     rates.push(opts.calls / seconds);
     if (new Set(ids).size !== opts.calls) problems.push(`${label}: ${opts.calls} calls returned ${new Set(ids).size} distinct task IDs`);
     say(`${label}: run ${run}/${opts.runs}: ${opts.calls} tasks in ${seconds.toFixed(2)} s = ${Math.round(rates.at(-1))} tasks/s`);
-    // Its pipeline must work too; and the check lets the background backlog drain a little between runs.
-    const state = await finalState(client, ids[0]);
-    if (state !== "SUCCEEDED") problems.push(`${label}: run ${run}: task ${ids[0]} ended ${state}, not SUCCEEDED`);
   }
   return rates;
 }
