@@ -9,7 +9,8 @@
  * or write, for `times` calls (Infinity: a store that stays down):
  * - "reset": a connection reset, as StoreError "unavailable" (caused by ECONNRESET);
  * - "503": the backend's 503 Service Unavailable, as StoreError "unavailable";
- * - "stall": the call stops making progress and never resumes until it is aborted.
+ * - "stall": the call stops making progress until it is aborted, or until the test calls
+ *   `release()`: then it goes on as if nothing had happened (a pause).
  */
 import { Readable } from "node:stream";
 import filesystem from "../../../../plugins/store-filesystem/index.js";
@@ -55,6 +56,8 @@ export interface FaultControl {
   clear(): void;
   /** Removes every rule, and forgets the calls and strikes so far. */
   reset(): void;
+  /** Lets every stalled call go on. */
+  release(): void;
   /** Every call so far, in order. */
   readonly calls: CallRecord[];
   /** Faults that struck so far. */
@@ -67,6 +70,8 @@ interface ActiveRule extends FaultRule {
 
 interface FaultState extends FaultControl {
   rules: ActiveRule[];
+  /** Resolves the stalls waiting now. */
+  released: Set<() => void>;
 }
 
 const controls = ((globalThis as Record<symbol, unknown>)[Symbol.for("imagetransfer.test.store-faulty")] ??= new Map()) as Map<string, FaultState>;
@@ -77,6 +82,11 @@ export function faultsOf(store: string): FaultControl {
   if (!state) {
     const created: FaultState = {
       rules: [],
+      released: new Set(),
+      release() {
+        for (const resume of created.released) resume();
+        created.released.clear();
+      },
       calls: [],
       struck: 0,
       inject: (rule) => void created.rules.push({ ...rule, left: rule.times ?? 1 }),
@@ -111,12 +121,20 @@ function faultError(fault: "reset" | "503", what: string): StoreError {
   return new StoreError("unavailable", `${what}: connection reset by the backend (injected)`, { cause: reset });
 }
 
-/** Never settles until `signal` aborts, then rejects with its reason: a call that stopped making progress. */
-function stallUntilAborted(signal: AbortSignal | undefined): Promise<never> {
-  return new Promise((_, reject) => {
-    if (!signal) return;
-    if (signal.aborted) return reject(signal.reason);
-    signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+/** A call that stopped making progress: rejects with the reason once `signal` aborts, resolves when the test releases it. */
+function stall(state: FaultState, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const resume = () => {
+      signal?.removeEventListener("abort", abort);
+      resolve();
+    };
+    const abort = () => {
+      state.released.delete(resume);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", abort, { once: true });
+    state.released.add(resume);
   });
 }
 
@@ -125,7 +143,7 @@ async function atCall(state: FaultState, record: CallRecord, signal: AbortSignal
   state.calls.push(record);
   const rule = strike(state, record, true);
   if (!rule) return;
-  if (rule.fault === "stall") await stallUntilAborted(signal);
+  if (rule.fault === "stall") await stall(state, signal);
   else throw faultError(rule.fault, `${record.call} ${record.key}`);
 }
 
@@ -135,22 +153,25 @@ function faultyReadStream(state: FaultState, record: CallRecord, inner: Readable
   if (!rule) return inner;
   async function* chunks(): AsyncGenerator<Buffer> {
     let delivered = 0;
+    let struckHere = false;
     try {
       for await (const chunk of inner as AsyncIterable<Buffer>) {
         const room = rule!.afterBytes! - delivered;
-        if (chunk.length < room || rule!.left <= 0) {
+        if (struckHere || chunk.length < room || rule!.left <= 0) {
           delivered += chunk.length;
           yield chunk;
           continue;
         }
         if (room > 0) yield chunk.subarray(0, room);
+        struckHere = true;
         if (!strike(state, record, false)) {
           // Another read took the rule's last strike meanwhile.
-          yield chunk.subarray(Math.max(room, 0));
+          if (room < chunk.length) yield chunk.subarray(Math.max(room, 0));
           continue;
         }
-        if (rule!.fault === "stall") await stallUntilAborted(signal);
-        throw faultError(rule!.fault as "reset" | "503", `read ${record.key}`);
+        if (rule!.fault !== "stall") throw faultError(rule!.fault, `read ${record.key}`);
+        await stall(state, signal);
+        if (room < chunk.length) yield chunk.subarray(Math.max(room, 0));
       }
     } finally {
       inner.destroy();
@@ -186,21 +207,23 @@ class FaultyStore implements StoreInstance {
     let fault: unknown;
     async function* until(): AsyncGenerator<Uint8Array> {
       let taken = 0;
+      let struckHere = false;
       for await (const chunk of source) {
         const room = rule!.afterBytes! - taken;
-        if (chunk.length < room || rule!.left <= 0) {
+        if (struckHere || chunk.length < room || rule!.left <= 0) {
           taken += chunk.length;
           yield chunk;
           continue;
         }
         if (room > 0) yield chunk.subarray(0, room);
+        struckHere = true;
         if (!strike(state, record, false)) {
-          yield chunk.subarray(Math.max(room, 0));
+          if (room < chunk.length) yield chunk.subarray(Math.max(room, 0));
           continue;
         }
-        if (rule!.fault === "stall") await stallUntilAborted(options?.signal);
-        fault = faultError(rule!.fault as "reset" | "503", `write ${key}`);
-        throw fault;
+        if (rule!.fault !== "stall") throw (fault = faultError(rule!.fault, `write ${key}`));
+        await stall(state, options?.signal);
+        if (room < chunk.length) yield chunk.subarray(Math.max(room, 0));
       }
     }
     try {
