@@ -129,6 +129,8 @@ function stopGlance() {
 }
 // Ctrl-C: common.mjs stops its children and exits; Glance is not one of them.
 process.on("exit", stopGlance);
+let signalled = false;
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(signal, () => (signalled = true));
 
 /** The glance-api processes (parent and workers; not the qemu-img they run). */
 function glancePids() {
@@ -443,12 +445,15 @@ let opts = { json: process.argv.includes("--json") };
 try {
   opts = parseArgs(process.argv.slice(2));
   const result = await main(opts);
+  // Interrupted: common.mjs is exiting with 130; a start cut short is no verdict on Glance.
+  if (signalled) await new Promise(() => {});
   if (!result.available) process.stderr.write(`\nbench: *** B7 SKIPPED: Glance is not available: ${result.reason} ***\n\n`);
   if (opts.json) process.stdout.write(JSON.stringify(result) + "\n");
   else printTable(result);
   stopGlance();
   process.exitCode = result.problems.length > 0 ? 1 : 0;
 } catch (err) {
+  if (signalled) await new Promise(() => {});
   const message = err instanceof BenchError ? err.message : err?.stack ?? String(err);
   process.stderr.write(`bench: FAILED: ${message}\n`);
   if (opts.json) process.stdout.write(JSON.stringify({ benchmark: "B7", ok: false, error: message }) + "\n");
