@@ -8,7 +8,7 @@ import { exportKey, type Executor, type TransferEnvironment } from "./environmen
 import { taskFailure } from "./failure.js";
 import { withDeadline } from "./deadline.js";
 import { refuseConverted } from "./inspection.js";
-import { downloadToFile, fanOut, fileChunks } from "./streams.js";
+import { downloadToFile, storeFile } from "./streams.js";
 
 export interface ExportInput {
   diskFormat: DiskFormat;
@@ -47,7 +47,8 @@ export const runExport: Executor = async (run, env) => {
     }
     const size = (await stat(exportPath)).size;
     const lane = { store: target.name, instance: target.instance, key };
-    return (await fanOut(fileChunks(exportPath, signal), [lane], { signal, onBytes: (done) => run.progress("storing", done, size) })).outcomes;
+    // No hashes: an export records none. The work file is ours: a file store may adopt it.
+    return (await storeFile(exportPath, [lane], { signal, hash: false, adopt: true, onBytes: (done) => run.progress("storing", done, size) })).outcomes;
   });
   if (outcome!.status === "rejected") {
     throw taskFailure("STORE_FAILED", `could not write the export to ${target.name}: ${(outcome!.reason as Error).message}`);
