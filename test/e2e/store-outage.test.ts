@@ -8,7 +8,8 @@
  * A Swift away for a few seconds must be ridden out, while the import fetches from it and
  * while it stores into it (one object, the right sha512, no stray segments). A Swift that
  * stays away fails the import with a reason code naming the store, leaves no object or
- * segment behind, kills the image, and other requests are answered throughout.
+ * segment behind, kills the image, and other requests are answered throughout. A canceled
+ * or deleted image leaves nothing in Swift either.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -187,5 +188,34 @@ describe("Swift stopped and started in the middle of a transfer", { timeout: 180
     const gc = await runCli(["admin", "gc"], { env: { ITX_SERVER: server.url }, timeoutMs: 60_000 });
     expect(gc.code, gc.stderr).toBe(0);
     expect(await swiftNamesOf(task!.imageId)).toEqual({ objects: [], segments: [] });
+  });
+});
+
+describe("nothing is left in Swift by a canceled or a deleted image", { timeout: 120_000 }, () => {
+  it("an import canceled while it stores into Swift leaves no object and no segment", async () => {
+    const seedUri = await uploadFile(server.url, disk);
+    let cancel: Promise<unknown> | undefined;
+    const { task } = await transfer.importImage({ seedUri, diskFormat: DiskFormat.RAW, stores: ["swift"] });
+    proxy.whenUploaded(proxy.bytesUp + 3.5 * MiB, () => (cancel = tasks.cancelTask({ id: task!.id })));
+    const done = await watchToEnd(server.url, task!.id);
+    expect(cancel, "canceled during the storing").toBeDefined();
+    await cancel;
+    expect(done.state).toBe(TaskState.CANCELED);
+    // The aborted write's segments go shortly after the task says CANCELED (not before it): give that 10 s.
+    let left = await swiftNamesOf(done.imageId);
+    for (let waited = 0; left.segments.length > 0 && waited < 10_000; waited += 250) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      left = await swiftNamesOf(done.imageId);
+    }
+    expect(left).toEqual({ objects: [], segments: [] });
+  });
+
+  it("a deleted image leaves no object and no segment", async () => {
+    const { task } = await transfer.importImage({ seedUri: await uploadFile(server.url, disk), diskFormat: DiskFormat.RAW, stores: ["swift"] });
+    const done = await watchToEnd(server.url, task!.id);
+    await expectActiveWithDisk(done);
+    expect((await swiftNamesOf(done.imageId)).segments.length).toBeGreaterThan(1);
+    await images.deleteImage({ id: done.imageId });
+    expect(await swiftNamesOf(done.imageId)).toEqual({ objects: [], segments: [] });
   });
 });
