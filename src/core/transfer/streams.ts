@@ -94,12 +94,10 @@ export async function fanOut(
       md5.update(chunk);
       sha512.update(chunk);
       size += chunk.length;
-      await Promise.all(
-        lanes.map(async (lane) => {
-          if (lane.failed || lane.input.write(chunk)) return;
-          await drained(lane.input);
-        }),
-      );
+      // Wait only for stores that are behind: most chunks cost no promise at all.
+      const behind = lanes.filter((lane) => !lane.failed && !lane.input.write(chunk));
+      if (behind.length === 1) await drained(behind[0]!.input);
+      else if (behind.length > 1) await Promise.all(behind.map((lane) => drained(lane.input)));
       options.onBytes?.(size);
       if (lanes.every((l) => l.failed)) break;
     }
