@@ -97,13 +97,13 @@ function runScript(entry, quick) {
       const withResults = outputs.filter((o) => Array.isArray(o.results));
       const skipped = outputs.find((o) => o.available === false || o.skipped);
       let status;
+      const anyResults = withResults.some((o) => o.results.length > 0);
       if (signal || code === 130) status = "interrupted";
-      else if (skipped && withResults.every((o) => o.results.length === 0)) status = `skipped${typeof skipped.skipped === "string" ? `: ${skipped.skipped}` : skipped.reason ? `: ${skipped.reason}` : ""}`;
-      else if (withResults.length === 0) status = code === 0 ? "no results in the shared format" : `failed (exit ${code})`;
+      else if (skipped && !anyResults) status = `skipped${typeof skipped.skipped === "string" ? `: ${skipped.skipped}` : skipped.reason ? `: ${skipped.reason}` : ""}`;
+      else if (code === 2 || (code !== 0 && code !== 1) || (!anyResults && code !== 1)) status = code === 0 ? "no results in the shared format" : `failed (exit ${code})`;
       else if (code === 1 || withResults.some((o) => (o.problems ?? []).length > 0)) status = "problems";
-      else if (code === 0) status = "ok";
-      else status = `failed (exit ${code})`;
-      const error = withResults.length === 0 ? outputs.map((o) => o.error).filter(Boolean).join("; ") || undefined : undefined;
+      else status = "ok";
+      const error = status.startsWith("failed") || status.startsWith("no results") ? outputs.map((o) => o.error).filter(Boolean).join("; ") || undefined : undefined;
       resolvePromise({ status, exitCode: code, signal, seconds, outputs: withResults.length > 0 ? withResults : outputs, error });
     });
   });
@@ -168,6 +168,7 @@ async function main() {
 
   process.stdout.write(`\n${table(report)}\n\n`);
   for (const bench of report.benches) for (const o of bench.outputs) for (const p of o.problems ?? []) process.stdout.write(`problem (${o.benchmark ?? bench.id}): ${p}\n`);
+  for (const bench of report.benches) if (bench.error) process.stdout.write(`${bench.script} ${bench.status}: ${bench.error}\n`);
   process.stdout.write(`results: ${jsonPath}\nchart:   ${svgPath}\n`);
 
   if (report.benches.some((b) => b.status === "interrupted")) return 130;

@@ -28,7 +28,8 @@ export function rowsOf(report) {
   const rows = [];
   for (const bench of report.benches ?? []) {
     const outputs = bench.outputs ?? [];
-    const results = outputs.flatMap((o) => (o.results ?? []).map((r) => ({ benchmark: o.benchmark ?? bench.id, result: r })));
+    // A script may cover several benchmarks and name each result's own (run.mjs: B1 and B4).
+    const results = outputs.flatMap((o) => (o.results ?? []).map((r) => ({ benchmark: r.benchmark ?? o.benchmark ?? bench.id, result: r })));
     if (results.length === 0) rows.push({ benchmark: bench.id, status: bench.status, script: bench.script, detail: bench.error ?? "" });
     for (const { benchmark, result } of results) rows.push({ benchmark, result, status: bench.status, script: bench.script });
   }
