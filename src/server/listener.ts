@@ -55,6 +55,8 @@ export async function listen(handler: Handler, options: { address: string; tls?:
   const sessions = new Set<http2.Http2Session>();
   h2.on("session", (session: http2.Http2Session) => {
     sessions.add(session);
+    // initialWindowSize covers each stream; the connection's own window stays at 64 KiB unless raised here.
+    session.once("connect", () => session.setLocalWindowSize(http2Settings.initialWindowSize!));
     session.once("close", () => sessions.delete(session));
   });
   const scheme = options.tls ? "https" : "http";
