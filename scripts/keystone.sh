@@ -77,6 +77,7 @@ export KEYSTONE_ADMIN_USER=admin
 export KEYSTONE_ADMIN_PASSWORD=$ADMIN_PASSWORD
 export KEYSTONE_ADMIN_PROJECT=admin
 export KEYSTONE_SWIFT_URL=http://$IP:$PROXY_PORT
+export KEYSTONE_SWIFT_LOG=$LOG/proxy.log
 EOF
 }
 
@@ -145,8 +146,11 @@ key_repository = $STATE/fernet-keys
 [credential]
 key_repository = $STATE/credential-keys
 
+# An in-process cache (validating a token took seconds on a busy 2-core machine without it).
+# One uWSGI process, so that a revocation clears the only cache there is.
 [cache]
-enabled = false
+enabled = true
+backend = dogpile.cache.memory
 
 [oslo_policy]
 # The package's policy.d holds only commented-out defaults; the defaults in code apply.
@@ -252,7 +256,7 @@ create_database() {
 create_accounts() {
   [[ -f $STATE/accounts-ready ]] && return 0
   "$PY" - "http://$IP:$KEYSTONE_PORT/v3" "$ADMIN_PASSWORD" "$SERVICE_PASSWORD" "$TEST_USER" "$TEST_PASSWORD" \
-    "$TEST_PROJECT" "$REGION" "http://$IP:$PROXY_PORT/v1/AUTH_%(tenant_id)s" <<'EOF' >>"$LOG/accounts.log" 2>&1 ||
+    "$TEST_PROJECT" "$REGION" "http://$IP:$PROXY_PORT/v1/AUTH_%(tenant_id)s" <<'EOF' >"$LOG/accounts.log" 2>&1 ||
 import sys
 from keystoneauth1.identity import v3
 from keystoneauth1 import session
@@ -348,7 +352,7 @@ start() {
   trap 'stop >/dev/null 2>&1' EXIT
   # --http11-socket: clients keep connections alive (plain --http-socket resets the next request).
   launch keystone env OS_KEYSTONE_CONFIG_DIR="$CONF" uwsgi --plugin python3 --http11-socket "$IP:$KEYSTONE_PORT" \
-    --wsgi-file /usr/bin/keystone-wsgi-public --master --processes 2 --threads 1 --enable-threads \
+    --wsgi-file /usr/bin/keystone-wsgi-public --master --processes 1 --threads 4 --enable-threads \
     --lazy-apps --die-on-term --uid keystone --gid keystone --chdir "$STATE" --buffer-size 65535
   launch proxy swift-proxy-server "$CONF/proxy-server.conf" -v
   wait_answering keystone "http://$IP:$KEYSTONE_PORT/v3"

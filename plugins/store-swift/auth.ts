@@ -60,7 +60,7 @@ async function keystone(auth: KeystoneAuth, timeoutMs: number, signal?: AbortSig
     signal,
     timeoutMs,
   });
-  refused(answer.status, auth.user, url);
+  refused(answer.status, auth.user, `Keystone at ${url}`);
   const token = header(answer.headers, "x-subject-token");
   let body: { token?: { expires_at?: string; catalog?: CatalogEntry[] } };
   try {
@@ -81,7 +81,7 @@ async function keystone(auth: KeystoneAuth, timeoutMs: number, signal?: AbortSig
   return { storageUrl: endpoint.url, token, expiresAt: Number.isFinite(expiresAt) ? expiresAt : undefined };
 }
 
-/** Maps a refusal from the auth endpoint to a StoreError; success passes. */
+/** Maps a refusal from the auth endpoint (`url`, or a phrase naming it) to a StoreError; success passes. */
 function refused(status: number, user: string, url: string): void {
   if (status >= 200 && status < 300) return;
   if (status === 401 || status === 403) {
