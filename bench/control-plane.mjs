@@ -372,6 +372,8 @@ main().then(
   (code) => process.exit(code),
   (err) => {
     process.stderr.write(`bench: ${err instanceof BenchError || err instanceof BuildError ? err.message : err.stack}\n`);
+    // bench/all.mjs shows this error in its table and report.
+    if (opts.json) process.stdout.write(JSON.stringify({ benchmark: "B5", results: [], problems: [], error: String(err.message ?? err) }) + "\n");
     process.exit(2);
   },
 );
