@@ -60,7 +60,8 @@ export class PartsReader extends Readable {
 
   override _read(): void {
     this.wanted = true;
-    this.drain();
+    // Not at once: a chunk pushed inside read() is joined to the one it returns (a copy).
+    process.nextTick(() => this.drain());
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
