@@ -15,8 +15,11 @@
 #   bash scripts/keystone.sh env     prints `export NAME=VALUE` lines for the tests
 #
 # Keystone: SQLite database, fernet tokens, everything under $KEYSTONE_STATE_DIR (default
-# /var/tmp/imagetransfer-keystone). The first start creates the database and the accounts
-# (a minute on 2 cores); later starts reuse them and only start the processes. Accounts:
+# /var/tmp/imagetransfer-keystone). The first start installs the packages and creates the
+# database and the accounts (70-130 s on a busy 2-core machine); later starts reuse them and
+# only start the processes (12-16 s, mostly Keystone importing itself). The database and the
+# catalog are made for the ports of the first start: after changing a port, delete the state
+# directory. Accounts:
 #   admin / admin project     the bootstrap admin
 #   swift / service project   the proxy's own user, which validates the tokens it is shown
 #   tester / imagetransfer    the tests' user: role "member", one of the proxy's operator_roles,
