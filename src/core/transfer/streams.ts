@@ -95,7 +95,8 @@ export async function fanOut(
       sha512.update(chunk);
       size += chunk.length;
       // Wait only for stores that are behind: most chunks cost no promise at all.
-      const behind = lanes.filter((lane) => !lane.failed && !lane.input.write(chunk));
+      // A lane whose store gave up may be destroyed before its failure is seen: it is not behind, it is gone.
+      const behind = lanes.filter((lane) => !lane.failed && !lane.input.destroyed && !lane.input.write(chunk));
       if (behind.length === 1) await drained(behind[0]!.input);
       else if (behind.length > 1) await Promise.all(behind.map((lane) => drained(lane.input)));
       options.onBytes?.(size);
@@ -118,6 +119,8 @@ export async function fanOut(
  */
 function drained(stream: PassThrough): Promise<void> {
   return new Promise((resolve) => {
+    // Its "close" may have passed already (destroyed during the write that returned false).
+    if (stream.destroyed) return resolve();
     const done = () => {
       stream.off("drain", done);
       stream.off("close", done);
