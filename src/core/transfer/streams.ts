@@ -4,7 +4,7 @@ import { PassThrough, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { ObjectInfo, StoreInstance } from "../../plugins/plugin-api.js";
-import { defaultRetryPolicy, isTransient, type RetryPolicy } from "../store-retry.js";
+import { isTransient, type RetryPolicy } from "../store-retry.js";
 import { taskFailure } from "./failure.js";
 import { hashFile } from "./hashing.js";
 
@@ -219,15 +219,24 @@ export async function storeFile(path: string, targets: readonly StoreTarget[], o
 }
 
 /**
+ * How often a whole write is tried again. Plugins retry their own requests already (and
+ * store calls are retried around them), so this only covers a store that broke off a
+ * write: two more tries, not the per-call policy's five, or a store that stays down
+ * would hold the task for a minute of nested retries.
+ */
+export const writeRetryPolicy: RetryPolicy = { retries: 2, baseDelayMs: 1_000, maxDelayMs: 5_000 };
+
+/**
  * Writes a local file to one store. A transient failure (the store unavailable, a dropped
  * connection) is tried again from the first byte after a back-off with jitter, up to the
- * policy's bound; whatever a transiently failed try may have left under the key is removed.
+ * policy's bound; a try overwrites what an earlier one may have left, and when the store
+ * gives up for good whatever is under the key is removed.
  */
 async function writeFile(
   target: StoreTarget,
   path: string,
   signal: AbortSignal,
-  policy: RetryPolicy = defaultRetryPolicy,
+  policy: RetryPolicy = writeRetryPolicy,
   onBytes: (done: number) => void,
 ): Promise<ObjectInfo> {
   for (let attempt = 0; ; attempt++) {
@@ -236,9 +245,11 @@ async function writeFile(
       return await target.instance.write(target.key, counted(fileChunks(path, signal), onBytes), { signal });
     } catch (err) {
       if (signal.aborted) throw err;
-      // A failed write leaves nothing, by contract; a store that kept bytes anyway loses them here.
-      if (isTransient(err)) await target.instance.delete(target.key, { signal }).catch(() => undefined);
-      if (!isTransient(err) || attempt >= policy.retries) throw err;
+      if (!isTransient(err) || attempt >= policy.retries) {
+        // A failed write leaves nothing, by contract; a store that kept bytes anyway loses them here.
+        if (isTransient(err)) await target.instance.delete(target.key, { signal }).catch(() => undefined);
+        throw err;
+      }
       const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** attempt);
       await sleep(ceiling / 2 + Math.random() * (ceiling / 2), undefined, { signal });
     }
