@@ -2,8 +2,8 @@
  * What the benchmarks share: child processes that are always cleaned up (also on Ctrl-C), a
  * temp dir removed on exit, command running, memory sampling from /proc, and test disks.
  */
-import { spawn } from "node:child_process";
-import { randomFillSync } from "node:crypto";
+import { spawn, spawnSync } from "node:child_process";
+import { randomBytes, randomFillSync } from "node:crypto";
 import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -327,7 +327,17 @@ export async function startFerretDb(dir) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FERRETDB_")));
   env.DO_NOT_TRACK = "1";
   const logFd = open(join(dir, "ferretdb.log"), "w");
-  const args = ["--handler=sqlite", `--sqlite-url=file:${join(dir, "data")}/`, `--state-dir=${dir}`, `--listen-addr=127.0.0.1:${port}`, "--debug-addr=-", "--telemetry=disable"];
+  // Data in the machine's PostgreSQL, as the tests keep it (FerretDB's SQLite backend serialises
+  // writers and says nothing about MongoDB's speed); SQLite only where no PostgreSQL answers.
+  const pgAdmin = process.env.ITX_TEST_POSTGRES_URL ?? "postgresql://postgres@127.0.0.1:5432/postgres";
+  const psql = (sql) => spawnSync("psql", [pgAdmin, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { stdio: "ignore", timeout: 30_000 }).status === 0;
+  const database = `itx_bench_${randomBytes(6).toString("hex")}`;
+  const onPostgres = psql(`CREATE DATABASE ${database}`);
+  if (!onPostgres) say(`FerretDB: no PostgreSQL answers at ${pgAdmin}; using its SQLite backend, whose writers serialise`);
+  const pgUrl = new URL(pgAdmin);
+  pgUrl.pathname = `/${database}`;
+  const backend = onPostgres ? ["--handler=pg", `--postgresql-url=${pgUrl.href}`] : ["--handler=sqlite", `--sqlite-url=file:${join(dir, "data")}/`];
+  const args = [...backend, `--state-dir=${dir}`, `--listen-addr=127.0.0.1:${port}`, "--debug-addr=-", "--telemetry=disable"];
   const child = track(spawn(bin, args, { cwd: dir, env, stdio: ["ignore", logFd, logFd] }));
   close(logFd);
   const uri = `mongodb://127.0.0.1:${port}/`;
@@ -345,7 +355,15 @@ export async function startFerretDb(dir) {
     }
     await sleep(100);
   }
-  return { uri, pid: child.pid, stop: () => stopServer(child) };
+  return {
+    uri,
+    pid: child.pid,
+    backend: onPostgres ? "postgresql" : "sqlite",
+    stop: async () => {
+      await stopServer(child);
+      if (onPostgres) psql(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+    },
+  };
 }
 
 /**
