@@ -111,9 +111,16 @@ export function withRetries(
     delete: (key, options) => retry(`delete ${key}`, options?.signal, () => instance.delete(key, options)),
     list: (options) => retry("list", options?.signal, () => instance.list(options)),
     removePartialWrites: instance.removePartialWrites && ((olderThan, options) => instance.removePartialWrites!(olderThan, options)),
-    adoptFile: instance.adoptFile && ((key, path, options) => instance.adoptFile!(key, path, options).catch((err: unknown) => {
-      throw failed(`adopt ${key}`, err);
-    })),
+    adoptFile:
+      instance.adoptFile &&
+      (async (key, path, options) => {
+        const adopted = await instance.adoptFile!(key, path, options).catch((err: unknown) => {
+          throw failed(`adopt ${key}`, err);
+        });
+        // Stored without a copy, but stored all the same: the traffic metric counts it.
+        if (adopted) observer.bytes("write", adopted.size);
+        return adopted;
+      }),
     presign: instance.presign && ((key, options) => retry(`presign ${key}`, undefined, () => instance.presign!(key, options))),
     close: instance.close && (() => instance.close!()),
   };

@@ -60,8 +60,10 @@ describe("SIGTERM with an import running", () => {
     // A long lease: the handover must come from the released lease, not from waiting for it to lapse.
     const a = await server("two-a", "shutdownGraceSeconds: 0\nleaseSeconds: 300\n");
     const task = await runningImport(a);
-    const b = await server("two-b", "leaseSeconds: 300\n");
+    // Stopped at once (the import is too quick now to wait for another server to start first);
+    // the second worker then finds the task's lease released.
     await a.stop();
+    const b = await server("two-b", "leaseSeconds: 300\n");
     const finished = await watchToEnd(b.url, task.id);
     expect(finished, JSON.stringify(finished.error)).toMatchObject({ state: TaskState.SUCCEEDED, attempts: 2 });
   }, 120_000);

@@ -98,7 +98,8 @@ describe("tracing", () => {
     expect(stages).toEqual(expect.arrayContaining(["fetching", "inspecting", "storing"]));
 
     const storeCalls = inTrace.filter((s) => s.name.startsWith("store.") && s.kind === 3); // CLIENT
-    expect(storeCalls.map((s) => s.name)).toEqual(expect.arrayContaining(["store.stat", "store.read", "store.write"]));
+    // The converted image goes into the filesystem store by rename (adoptFile), not by a write.
+    expect(storeCalls.map((s) => s.name)).toEqual(expect.arrayContaining(["store.stat", "store.read", "store.adoptFile"]));
     expect(storeCalls.every((s) => attribute(s, "store.name") === "local")).toBe(true);
   });
 
