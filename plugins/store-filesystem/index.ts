@@ -38,6 +38,8 @@ import {
 const DEFAULT_PAGE_SIZE = 1000;
 /** Bytes per chunk read: 1 MiB reads cost a fraction of 64 KiB ones per byte, in every layer above. */
 const READ_CHUNK_BYTES = 1024 * 1024;
+/** Bytes a write may buffer before it stops reading its source: several chunks go to the disk in one writev. */
+const WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
 /** NAME_MAX on practically every local file system, in bytes. */
 const MAX_SEGMENT_BYTES = 255;
 /** Temp file names: `.` + (a prefix of) the target's name + `.tmp-` + 16 hex digits. */
@@ -214,7 +216,9 @@ class FileStore implements StoreInstance {
     try {
       // The stream owns the handle: when it ends it fsyncs (flush) and closes it, and
       // pipeline settles only after that; when it is destroyed it closes it as well.
-      const out = createWriteStream(temp, { fd: handle, flush: true });
+      // A deep buffer: with the default 16 KiB every 64 KiB network chunk waited for its own
+      // write to finish before the socket was read again (an upload ran at 200 MB/s, disk idle).
+      const out = createWriteStream(temp, { fd: handle, flush: true, highWaterMark: WRITE_BUFFER_BYTES });
       streamOwnsHandle = true;
       out.once("error", (err) => (writeError = err));
       try {
