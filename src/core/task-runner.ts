@@ -230,6 +230,8 @@ export class TaskRunner {
         trace.fail(error.reason, error.message);
         if (error.reason === "INTERNAL") log.error({ err }, "task failed unexpectedly");
         else log.info({ reason: error.reason, message: error.message }, "task failed");
+        // As on success: a task that reads FAILED has no files left.
+        await rm(workDir, { recursive: true, force: true });
         await this.finish(task.id, { ...held, state: "failed", patch: { error } }, controller.signal).catch(() => undefined);
         outcome("failed", error.reason);
       } finally {
