@@ -27,7 +27,7 @@ import { cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { repoRoot } from "../scripts/ensure-built.mjs";
 import { checkSvg, num, renderChart, rowsOf, targetText } from "./chart.mjs";
-import { say, track } from "./common.mjs";
+import { BenchError, parseBenchArgs, say, track } from "./common.mjs";
 
 /** The scripts in the order they run, and the benchmarks each covers. */
 const SCRIPTS = [
@@ -39,27 +39,19 @@ const SCRIPTS = [
   { id: "B7", script: "glance.mjs", covers: ["B7"] },
 ];
 
-function parseArgs(argv) {
-  const opts = { quick: false, only: undefined, outDir: join(repoRoot, "bench", "results") };
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
-    const take = () => inline ?? argv[++i] ?? usage(`${flag} needs a value`);
-    switch (flag) {
-      case "--quick": opts.quick = true; break;
-      case "--only": opts.only = take().split(",").map((s) => s.trim().toUpperCase()).filter(Boolean); break;
-      case "--out-dir": opts.outDir = resolve(take()); break;
-      default: usage(`unknown argument ${argv[i]}`);
-    }
-  }
+/** The flags of the header comment. */
+function parseArgs() {
   const known = SCRIPTS.flatMap((s) => s.covers);
-  const unknown = (opts.only ?? []).filter((id) => !known.includes(id));
-  if (unknown.length > 0) usage(`--only: unknown benchmark ${unknown.join(", ")}; known: ${known.join(", ")}`);
-  return opts;
-}
-
-function usage(message) {
-  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--quick] [--only B1,B5] [--out-dir DIR]\n`);
-  process.exit(2);
+  const only = (value) => {
+    const ids = value.split(",").map((s) => s.trim().toUpperCase()).filter(Boolean);
+    const unknown = ids.filter((id) => !known.includes(id));
+    if (unknown.length > 0) throw new BenchError(`--only: unknown benchmark ${unknown.join(", ")}; known: ${known.join(", ")}`);
+    return ids;
+  };
+  return parseBenchArgs(import.meta.url, {
+    only: { type: "string", parse: only },
+    "out-dir": { type: "string", default: join(repoRoot, "bench", "results"), parse: (v) => resolve(v) },
+  });
 }
 
 /** The one JSON object (or array of them) a script printed; npm banners or stray lines around it are ignored. */
@@ -136,7 +128,7 @@ function table(report) {
 }
 
 async function main() {
-  const opts = parseArgs(process.argv.slice(2));
+  const opts = parseArgs();
   const selected = SCRIPTS.filter((s) => !opts.only || s.covers.some((id) => opts.only.includes(id)));
   const startedAt = new Date();
   const report = {
@@ -180,7 +172,7 @@ async function main() {
 main().then(
   (code) => process.exit(code),
   (err) => {
-    process.stderr.write(`bench: ${err.stack}\n`);
+    process.stderr.write(`bench: ${err instanceof BenchError ? err.message : err.stack}\n`);
     process.exit(2);
   },
 );

@@ -1,12 +1,15 @@
 /**
- * What the benchmarks share: child processes that are always cleaned up (also on Ctrl-C), a
- * temp dir removed on exit, command running, memory sampling from /proc, and test disks.
+ * What the benchmarks share: argument parsing, child processes that are always cleaned up
+ * (also on Ctrl-C), a temp dir removed on exit, command running, memory sampling from /proc,
+ * and test disks.
  */
-import { spawn, spawnSync } from "node:child_process";
-import { randomBytes, randomFillSync } from "node:crypto";
+import { spawn } from "node:child_process";
+import { randomFillSync } from "node:crypto";
 import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pathToFileURL } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { parseArgs as utilParseArgs } from "node:util";
 import { cliPath, repoRoot } from "../scripts/ensure-built.mjs";
 
 export const MiB = 1024 * 1024;
@@ -68,6 +71,71 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
   });
 }
 process.on("exit", cleanupSync);
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+
+/** --tmp-dir as every bench takes it: where the run's temp dir is made. */
+export const tmpDirOption = { type: "string", default: process.env.BENCH_TMPDIR || tmpdir() };
+
+/**
+ * A bench's command line, read with node's util.parseArgs: `--flag value` and `--flag=value`,
+ * later flags winning. `options` maps each flag to { type: "boolean" | "string" | "count" (a
+ * positive integer), default, quick (the default under --quick; a flag given explicitly
+ * wins, wherever it stands), negatable (also takes --no-flag), choices (the values a string
+ * may take), parse (turns the value into the option's, throwing BenchError when it is
+ * wrong) }; --quick itself needs no entry.
+ * Returns the options in camelCase (--size-mib: sizeMib) plus `quick`. --help / -h prints
+ * the script's header comment and exits 0; an unknown or malformed flag throws BenchError.
+ */
+export function parseBenchArgs(scriptUrl, options, argv = process.argv.slice(2)) {
+  const spec = { quick: { type: "boolean" }, ...options };
+  const config = { help: { type: "boolean", short: "h" } };
+  for (const [name, option] of Object.entries(spec)) {
+    config[name] = { type: option.type === "boolean" ? "boolean" : "string" };
+    if (option.negatable) config[`no-${name}`] = { type: "boolean" };
+  }
+  const { tokens } = utilParseArgs({ args: argv, options: config, strict: false, allowPositionals: true, tokens: true });
+  const given = {};
+  for (const token of tokens) {
+    if (token.kind === "positional") throw new BenchError(`unexpected argument ${token.value} (see --help)`);
+    if (token.kind !== "option") continue;
+    if (token.name === "help") {
+      process.stdout.write(headerComment(scriptUrl));
+      process.exit(0);
+    }
+    const negated = token.name.startsWith("no-") && spec[token.name.slice(3)]?.negatable;
+    const name = negated ? token.name.slice(3) : token.name;
+    const option = spec[name];
+    if (!option) throw new BenchError(`unknown argument ${token.rawName} (see --help)`);
+    if (option.type === "boolean") {
+      if (token.inlineValue) throw new BenchError(`${token.rawName} takes no value`);
+      given[name] = !negated;
+      continue;
+    }
+    if (token.value === undefined) throw new BenchError(`${token.rawName} needs a value`);
+    let value = token.value;
+    if (option.type === "count") {
+      value = Number(token.value);
+      if (!Number.isInteger(value) || value < 1) throw new BenchError(`${token.rawName} must be a positive integer, not ${JSON.stringify(token.value)}`);
+    }
+    if (option.choices && !option.choices.includes(value)) throw new BenchError(`${token.rawName} must be one of ${option.choices.join(", ")}, not ${JSON.stringify(value)}`);
+    given[name] = option.parse ? option.parse(value) : value;
+  }
+  const quick = given.quick === true;
+  const opts = {};
+  for (const [name, option] of Object.entries(spec)) {
+    const fallback = quick && "quick" in option ? option.quick : (option.default ?? (option.type === "boolean" ? false : undefined));
+    opts[name.replace(/-([a-z0-9])/g, (_, c) => c.toUpperCase())] = name in given ? given[name] : fallback;
+  }
+  return opts;
+}
+
+/** The script's leading /** comment without its comment markers: its usage. */
+function headerComment(scriptUrl) {
+  const source = readFileSync(fileURLToPath(scriptUrl), "utf8");
+  return source.split("*/")[0].replace(/^#!.*\n/, "").replace(/^\/\*\*\n/, "").replace(/^ \* ?/gm, "");
+}
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -310,60 +378,6 @@ export function freePort() {
       });
     }, reject);
   });
-}
-
-/**
- * FerretDB (SQLite backend) from ~/.cache/imagetransfer/bin/ferretdb (scripts/ferretdb.sh
- * builds it) on a free loopback port, its data in `dir`; resolves once it answers a ping.
- */
-export async function startFerretDb(dir) {
-  const { homedir } = await import("node:os");
-  const { existsSync, openSync: open, closeSync: close } = await import("node:fs");
-  const { MongoClient } = await import("mongodb");
-  const bin = join(homedir(), ".cache/imagetransfer/bin/ferretdb");
-  if (!existsSync(bin)) throw new BenchError(`FerretDB is not built: run scripts/ferretdb.sh (expected ${bin})`);
-  mkdirSync(join(dir, "data"), { recursive: true });
-  const port = await freePort();
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FERRETDB_")));
-  env.DO_NOT_TRACK = "1";
-  const logFd = open(join(dir, "ferretdb.log"), "w");
-  // Data in the machine's PostgreSQL, as the tests keep it (FerretDB's SQLite backend serialises
-  // writers and says nothing about MongoDB's speed); SQLite only where no PostgreSQL answers.
-  const pgAdmin = process.env.ITX_TEST_POSTGRES_URL ?? "postgresql://postgres@127.0.0.1:5432/postgres";
-  const psql = (sql) => spawnSync("psql", [pgAdmin, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { stdio: "ignore", timeout: 30_000 }).status === 0;
-  const database = `itx_bench_${randomBytes(6).toString("hex")}`;
-  const onPostgres = psql(`CREATE DATABASE ${database}`);
-  if (!onPostgres) say(`FerretDB: no PostgreSQL answers at ${pgAdmin}; using its SQLite backend, whose writers serialise`);
-  const pgUrl = new URL(pgAdmin);
-  pgUrl.pathname = `/${database}`;
-  const backend = onPostgres ? ["--handler=pg", `--postgresql-url=${pgUrl.href}`] : ["--handler=sqlite", `--sqlite-url=file:${join(dir, "data")}/`];
-  const args = [...backend, `--state-dir=${dir}`, `--listen-addr=127.0.0.1:${port}`, "--debug-addr=-", "--telemetry=disable"];
-  const child = track(spawn(bin, args, { cwd: dir, env, stdio: ["ignore", logFd, logFd] }));
-  close(logFd);
-  const uri = `mongodb://127.0.0.1:${port}/`;
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new BenchError(`FerretDB exited with ${child.exitCode}: see ${join(dir, "ferretdb.log")}`);
-    const client = new MongoClient(uri, { serverSelectionTimeoutMS: 1_000, connectTimeoutMS: 1_000, directConnection: true });
-    try {
-      await client.db("admin").command({ ping: 1 });
-      break;
-    } catch (err) {
-      if (Date.now() > deadline) throw new BenchError(`FerretDB did not answer on ${uri} in 30 s: ${err.message}`);
-    } finally {
-      await client.close().catch(() => {});
-    }
-    await sleep(100);
-  }
-  return {
-    uri,
-    pid: child.pid,
-    backend: onPostgres ? "postgresql" : "sqlite",
-    stop: async () => {
-      await stopServer(child);
-      if (onPostgres) psql(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-    },
-  };
 }
 
 /**

@@ -31,36 +31,21 @@ import { createReadStream, mkdirSync, rmSync, statSync, writeFileSync } from "no
 import { mkdtemp } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BuildError, ensureBuilt } from "../scripts/ensure-built.mjs";
-import { BenchError, clientsFor, loadApi, machineInfo, MiB, mib, run, say, seconds, setWorkRoot, sizeLabel, startServer, summarize, targetMet, writeRawDisk } from "./common.mjs";
+import { BenchError, clientsFor, loadApi, machineInfo, MiB, mib, parseBenchArgs, run, say, seconds, setWorkRoot, sizeLabel, startServer, summarize, targetMet, tmpDirOption, writeRawDisk } from "./common.mjs";
 
 const LEVELS = [1, 2, 4];
 const TARGET_RATIO = 1.6;
 
-function parseArgs(argv) {
-  const opts = { quick: false, json: false, runs: undefined, sizeMib: undefined, tmpDir: process.env.BENCH_TMPDIR || tmpdir() };
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
-    const count = () => {
-      const n = Number(inline ?? argv[++i]);
-      if (!Number.isInteger(n) || n <= 0) throw new BenchError(`${flag} must be a positive integer`);
-      return n;
-    };
-    switch (flag) {
-      case "--quick": opts.quick = true; break;
-      case "--json": opts.json = true; break;
-      case "--runs": opts.runs = count(); break;
-      case "--size-mib": opts.sizeMib = count(); break;
-      case "--tmp-dir": opts.tmpDir = inline ?? argv[++i]; break;
-      default: throw new BenchError(`unknown argument ${argv[i]}`);
-    }
-  }
-  opts.runs ??= opts.quick ? 2 : 3;
-  opts.sizeMib ??= opts.quick ? 256 : 1024;
-  return opts;
-}
+/** The flags of the header comment. */
+const parseArgs = () =>
+  parseBenchArgs(import.meta.url, {
+    json: { type: "boolean" },
+    runs: { type: "count", default: 3, quick: 2 },
+    "size-mib": { type: "count", default: 1024, quick: 256 },
+    "tmp-dir": tmpDirOption,
+  });
 
 /** Streams a file to a URL; rejects unless the answer is 2xx. */
 function putFile(url, path, method) {
@@ -116,16 +101,10 @@ async function importConcurrently(clients, qcow2, n, expected, problems) {
   return wallMs;
 }
 
-const opts = (() => {
-  try {
-    return parseArgs(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench: ${err.message}\n`);
-    process.exit(2);
-  }
-})();
+let opts;
 
 async function main() {
+  opts = parseArgs();
   await ensureBuilt({ log: say });
   const work = await mkdtemp(join(opts.tmpDir, "itx-bench-b6-"));
   setWorkRoot(work);
@@ -185,7 +164,7 @@ main().then(
   (err) => {
     process.stderr.write(`bench: ${err instanceof BenchError || err instanceof BuildError ? err.message : err.stack}\n`);
     // bench/all.mjs shows this error in its table and report.
-    if (opts.json) process.stdout.write(JSON.stringify({ benchmark: "B6", results: [], problems: [], error: String(err.message ?? err) }) + "\n");
+    if (opts?.json) process.stdout.write(JSON.stringify({ benchmark: "B6", results: [], problems: [], error: String(err.message ?? err) }) + "\n");
     process.exit(2);
   },
 );

@@ -48,22 +48,23 @@
  */
 import { writeFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { BuildError, ensureBuilt } from "../scripts/ensure-built.mjs";
+import { startFerretDb } from "../scripts/lib/mongo-server.mjs";
 import {
   BenchError,
   loadApi,
   machineInfo,
+  parseBenchArgs,
   percentile,
   say,
   setWorkRoot,
   sleep,
   stageBenchPlugins,
-  startFerretDb,
   startServer,
   summarize,
   targetMet,
+  tmpDirOption,
 } from "./common.mjs";
 
 const TARGET_EMBEDDED = 1000;
@@ -76,41 +77,21 @@ const WATCH_CHUNK_INTERVAL_MS = 100;
 /** The most the server's config accepts for maxConcurrentTasks. */
 const MAX_CONCURRENT_TASKS = 64;
 
-function parseArgs(argv) {
-  const opts = { quick: false, json: false, runs: undefined, calls: undefined, inFlight: 64, watchers: 1000, watchTasks: 100, watchChunks: undefined, skipMongo: false, watchMongo: false, profile: undefined, tmpDir: process.env.BENCH_TMPDIR || tmpdir() };
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
-    const take = () => {
-      const value = inline ?? argv[++i];
-      if (value === undefined) throw new BenchError(`${flag} needs a value`);
-      return value;
-    };
-    const count = () => {
-      const n = Number(take());
-      if (!Number.isInteger(n) || n <= 0) throw new BenchError(`${flag} must be a positive integer`);
-      return n;
-    };
-    switch (flag) {
-      case "--quick": opts.quick = true; break;
-      case "--json": opts.json = true; break;
-      case "--runs": opts.runs = count(); break;
-      case "--calls": opts.calls = count(); break;
-      case "--in-flight": opts.inFlight = count(); break;
-      case "--watchers": opts.watchers = count(); break;
-      case "--watch-tasks": opts.watchTasks = count(); break;
-      case "--watch-chunks": opts.watchChunks = count(); break;
-      case "--skip-mongo": opts.skipMongo = true; break;
-      case "--watch-mongo": opts.watchMongo = true; break;
-      case "--profile": opts.profile = resolve(take()); break;
-      case "--tmp-dir": opts.tmpDir = take(); break;
-      default: throw new BenchError(`unknown argument ${argv[i]}`);
-    }
-  }
-  opts.runs ??= 3;
-  opts.calls ??= opts.quick ? 500 : 2000;
-  opts.watchChunks ??= opts.quick ? 30 : 50;
-  return opts;
-}
+/** The flags of the header comment. */
+const parseArgs = () =>
+  parseBenchArgs(import.meta.url, {
+    json: { type: "boolean" },
+    runs: { type: "count", default: 3 },
+    calls: { type: "count", default: 2000, quick: 500 },
+    "in-flight": { type: "count", default: 64 },
+    watchers: { type: "count", default: 1000 },
+    "watch-tasks": { type: "count", default: 100 },
+    "watch-chunks": { type: "count", default: 50, quick: 30 },
+    "skip-mongo": { type: "boolean" },
+    "watch-mongo": { type: "boolean" },
+    profile: { type: "string", parse: (v) => resolve(v) },
+    "tmp-dir": tmpDirOption,
+  });
 
 // ---------------------------------------------------------------------------------------------
 // Servers
@@ -313,16 +294,10 @@ function watchResult(name, watch) {
   return result;
 }
 
-const opts = (() => {
-  try {
-    return parseArgs(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench: ${err.message}\n`);
-    process.exit(2);
-  }
-})();
+let opts;
 
 async function main() {
+  opts = parseArgs();
   await ensureBuilt({ log: say });
   const work = await mkdtemp(join(opts.tmpDir, "itx-bench-b5-"));
   setWorkRoot(work);
@@ -339,7 +314,7 @@ async function main() {
 
   let ferret;
   try {
-    if (!opts.skipMongo || opts.watchMongo) ferret = await startFerretDb(join(work, "ferretdb"));
+    if (!opts.skipMongo || opts.watchMongo) ferret = await startFerretDb({ parentDir: work, label: "bench" });
     if (!opts.skipMongo) {
       const server = await startBenchServer(work, plugins, { mongodbUri: ferret.uri });
       try {
@@ -373,7 +348,7 @@ main().then(
   (err) => {
     process.stderr.write(`bench: ${err instanceof BenchError || err instanceof BuildError ? err.message : err.stack}\n`);
     // bench/all.mjs shows this error in its table and report.
-    if (opts.json) process.stdout.write(JSON.stringify({ benchmark: "B5", results: [], problems: [], error: String(err.message ?? err) }) + "\n");
+    if (opts?.json) process.stdout.write(JSON.stringify({ benchmark: "B5", results: [], problems: [], error: String(err.message ?? err) }) + "\n");
     process.exit(2);
   },
 );

@@ -38,12 +38,11 @@ import { createHash } from "node:crypto";
 import { createReadStream, mkdirSync, readdirSync, readFileSync, rmSync, statSync, statfsSync, writeFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import net from "node:net";
-import { loadavg, tmpdir } from "node:os";
+import { loadavg } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { fileURLToPath } from "node:url";
 import { BuildError, cliPath, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
-import { BenchError, clientsFor, loadApi, median, MiB, run, say, setWorkRoot, signalChild, sizeLabel, sleep, startServer, stopServer, track, writeRawDisk } from "./common.mjs";
+import { BenchError, clientsFor, loadApi, median, MiB, parseBenchArgs, run, say, setWorkRoot, signalChild, sizeLabel, sleep, startServer, stopServer, tmpDirOption, track, writeRawDisk } from "./common.mjs";
 
 const TARGET_B2 = 0.9;
 const TARGET_B3 = 0.4;
@@ -52,43 +51,25 @@ const DEFAULT_GRPC_WINDOW = 16 * MiB;
 // ---------------------------------------------------------------------------------------------
 // Arguments
 
-function parseArgs(argv) {
-  const opts = { quick: false, runs: undefined, sizeMib: undefined, json: false, tmpDir: process.env.BENCH_TMPDIR || tmpdir(), grpcWindow: DEFAULT_GRPC_WINDOW, profile: undefined, profileDir: undefined, profileRuns: 2 };
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
-    const take = () => {
-      const value = inline ?? argv[++i];
-      if (value === undefined) throw new BenchError(`${flag} needs a value`);
-      return value;
-    };
-    const count = () => {
-      const n = Number(take());
-      if (!Number.isInteger(n) || n <= 0) throw new BenchError(`${flag} must be a positive integer`);
-      return n;
-    };
-    switch (flag) {
-      case "--quick": opts.quick = true; break;
-      case "--runs": opts.runs = count(); break;
-      case "--size-mib": opts.sizeMib = count(); break;
-      case "--json": opts.json = true; break;
-      case "--tmp-dir": opts.tmpDir = take(); break;
-      case "--grpc-window": opts.grpcWindow = count(); break;
-      case "--profile":
-        opts.profile = take().split(",");
-        if (!opts.profile.every((p) => PATHS.includes(p))) throw new BenchError(`--profile takes a comma-separated list of ${PATHS.join(", ")}`);
-        break;
-      case "--profile-dir": opts.profileDir = resolve(take()); break;
-      case "--profile-runs": opts.profileRuns = count(); break;
-      case "-h": case "--help":
-        process.stdout.write(readFileSync(fileURLToPath(import.meta.url), "utf8").split("*/")[0].replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
-        process.exit(0);
-      default: throw new BenchError(`unknown argument ${argv[i]} (see --help)`);
-    }
-  }
-  opts.runs ??= opts.quick ? 3 : 5;
-  opts.sizeMib ??= opts.quick ? 512 : 2048;
-  return opts;
-}
+/** The flags of the header comment. */
+const parseArgs = () =>
+  parseBenchArgs(import.meta.url, {
+    runs: { type: "count", default: 5, quick: 3 },
+    "size-mib": { type: "count", default: 2048, quick: 512 },
+    json: { type: "boolean" },
+    "tmp-dir": tmpDirOption,
+    "grpc-window": { type: "count", default: DEFAULT_GRPC_WINDOW },
+    profile: {
+      type: "string",
+      parse: (value) => {
+        const names = value.split(",");
+        if (!names.every((p) => PATHS.includes(p))) throw new BenchError(`--profile takes a comma-separated list of ${PATHS.join(", ")}`);
+        return names;
+      },
+    },
+    "profile-dir": { type: "string", parse: (v) => resolve(v) },
+    "profile-runs": { type: "count", default: 2 },
+  });
 
 const PATHS = ["b2", "grpc-js", "connect"];
 
@@ -562,7 +543,7 @@ function printTable(r) {
 
 let opts;
 try {
-  opts = parseArgs(process.argv.slice(2));
+  opts = parseArgs();
   const result = await main(opts);
   if (opts.json) process.stdout.write(JSON.stringify(result) + "\n");
   else printTable(result);

@@ -40,10 +40,10 @@ import { createHash } from "node:crypto";
 import { createReadStream, mkdirSync, readFileSync, readdirSync, rmSync, statSync, statfsSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { request } from "node:http";
-import { cpus, loadavg, tmpdir } from "node:os";
+import { cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { BenchError, GiB, MiB, median, memoryOf, mib, run, SAMPLE_MS, say, seconds, setWorkRoot, sizeLabel, sleep, writeRawDisk } from "./common.mjs";
+import { BenchError, GiB, median, memoryOf, MiB, mib, parseBenchArgs, run, SAMPLE_MS, say, seconds, setWorkRoot, sizeLabel, sleep, tmpDirOption, writeRawDisk } from "./common.mjs";
 
 const repoRoot = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const glanceScript = join(repoRoot, "scripts/glance.sh");
@@ -55,40 +55,16 @@ const IDENTITY = { "x-identity-status": "Confirmed", "x-project-id": "imagetrans
 // ---------------------------------------------------------------------------------------------
 // Arguments
 
-function parseArgs(argv) {
-  const opts = { quick: false, json: false, runs: undefined, sizeMib: undefined, install: undefined, tmpDir: process.env.BENCH_TMPDIR || tmpdir() };
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
-    const take = () => {
-      const value = inline ?? argv[++i];
-      if (value === undefined) throw new BenchError(`${flag} needs a value`);
-      return value;
-    };
-    const count = () => {
-      const n = Number(take());
-      if (!Number.isInteger(n) || n <= 0) throw new BenchError(`${flag} must be a positive integer`);
-      return n;
-    };
-    switch (flag) {
-      case "--quick": opts.quick = true; break;
-      case "--install": opts.install = true; break;
-      case "--no-install": opts.install = false; break;
-      case "--json": opts.json = true; break;
-      case "--runs": opts.runs = count(); break;
-      case "--size-mib": opts.sizeMib = count(); break;
-      case "--tmp-dir": opts.tmpDir = take(); break;
-      case "-h": case "--help":
-        process.stdout.write(readFileSync(fileURLToPath(import.meta.url), "utf8").split("*/")[0].replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
-        process.exit(0);
-      default: throw new BenchError(`unknown argument ${argv[i]} (see --help)`);
-    }
-  }
-  opts.runs ??= opts.quick ? 2 : 3;
-  opts.sizeMib ??= opts.quick ? 256 : 1024;
-  // Installing glance-api takes about 4 minutes on 2 cores: more than the whole quick run may.
-  opts.install ??= !opts.quick;
-  return opts;
-}
+/** The flags of the header comment. */
+const parseArgs = () =>
+  parseBenchArgs(import.meta.url, {
+    json: { type: "boolean" },
+    runs: { type: "count", default: 3, quick: 2 },
+    "size-mib": { type: "count", default: 1024, quick: 256 },
+    // Installing glance-api takes about 4 minutes on 2 cores: more than the whole quick run may.
+    install: { type: "boolean", negatable: true, default: true, quick: false },
+    "tmp-dir": tmpDirOption,
+  });
 
 // ---------------------------------------------------------------------------------------------
 // Glance, through scripts/glance.sh
@@ -443,7 +419,7 @@ function printTable(r) {
 
 let opts = { json: process.argv.includes("--json") };
 try {
-  opts = parseArgs(process.argv.slice(2));
+  opts = parseArgs();
   const result = await main(opts);
   // Interrupted: common.mjs is exiting with 130; a start cut short is no verdict on Glance.
   if (signalled) await new Promise(() => {});

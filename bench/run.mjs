@@ -37,15 +37,14 @@
  * arguments); 130 interrupted (Ctrl-C). Targets (time ratio, peak RSS) are reported, never asserted.
  */
 import { spawnSync } from "node:child_process";
-import { createReadStream, mkdirSync, readdirSync, readFileSync, rmSync, statSync, statfsSync } from "node:fs";
+import { createReadStream, mkdirSync, readdirSync, rmSync, statSync, statfsSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { mkdtemp } from "node:fs/promises";
-import { loadavg, tmpdir } from "node:os";
+import { loadavg } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { BuildError, cliPath, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
-import { BenchError, GiB, MiB, median, memoryOf, mib, run, SAMPLE_MS, sampleRss, say, seconds, setWorkRoot, sizeLabel, sleep, startServer, summarize, targetMet, writeRawDisk, clientsFor, loadApi } from "./common.mjs";
+import { BenchError, clientsFor, GiB, loadApi, median, memoryOf, MiB, mib, parseBenchArgs, run, SAMPLE_MS, sampleRss, say, seconds, setWorkRoot, sizeLabel, sleep, startServer, summarize, targetMet, tmpDirOption, writeRawDisk } from "./common.mjs";
 
 const RSS_LIMIT_MIB = 300;
 /** B1: within 1.25x the baseline's time, i.e. baseline/product >= 0.8. */
@@ -57,46 +56,19 @@ const MIN_FREE_BYTES = 12 * GiB;
 // ---------------------------------------------------------------------------------------------
 // Arguments
 
-function parseArgs(argv) {
-  const opts = { runs: 3, skip4g: false, json: false, via: "auto", sizeMib: 1024, bigSizeMib: 4096, tmpDir: process.env.BENCH_TMPDIR || tmpdir() };
-  const value = (i, name) => {
-    if (i + 1 >= argv.length) usage(`${name} needs a value`);
-    return argv[i + 1];
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    const [flag, inline] = arg.startsWith("--") && arg.includes("=") ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)] : [arg, undefined];
-    const take = () => (inline !== undefined ? inline : value(i++, flag));
-    switch (flag) {
-      case "--quick": opts.sizeMib = 256; opts.runs = 3; opts.skip4g = true; break;
-      case "--runs": opts.runs = positiveInt(take(), flag); break;
-      case "--skip-4g": opts.skip4g = true; break;
-      case "--json": opts.json = true; break;
-      case "--via": opts.via = take(); if (!["auto", "cli", "rpc"].includes(opts.via)) usage("--via must be auto, cli or rpc"); break;
-      case "--size-mib": opts.sizeMib = positiveInt(take(), flag); break;
-      case "--big-size-mib": opts.bigSizeMib = positiveInt(take(), flag); break;
-      case "--tmp-dir": opts.tmpDir = take(); break;
-      case "-h": case "--help":
-        process.stdout.write(readFileSync(fileURLToPath(import.meta.url), "utf8").split("*/")[0].replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
-        process.exit(0);
-      default: usage(`unknown argument ${arg}`);
-    }
-  }
-  return opts;
-}
+/** The flags of the header comment. */
+const parseArgs = () =>
+  parseBenchArgs(import.meta.url, {
+    runs: { type: "count", default: 3 },
+    "skip-4g": { type: "boolean", quick: true },
+    json: { type: "boolean" },
+    via: { type: "string", default: "auto", choices: ["auto", "cli", "rpc"] },
+    "size-mib": { type: "count", default: 1024, quick: 256 },
+    "big-size-mib": { type: "count", default: 4096 },
+    "tmp-dir": tmpDirOption,
+  });
 
-function positiveInt(text, name) {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) usage(`${name} must be a positive integer, not ${JSON.stringify(text)}`);
-  return n;
-}
-
-function usage(message) {
-  process.stderr.write(`bench: ${message}\nusage: npm run bench:import -- [--quick] [--runs N] [--skip-4g] [--json] [--via cli|rpc] [--size-mib M] [--tmp-dir DIR]\n`);
-  process.exit(2);
-}
-
-const opts = parseArgs(process.argv.slice(2));
+let opts;
 /** Progress goes to stderr, so that --json leaves stdout to the one result object. */
 async function prepareQcow2(dir, sizeMib) {
   const raw = join(dir, "disk.raw");
@@ -590,6 +562,7 @@ function sharedShape(r) {
 }
 
 try {
+  opts = parseArgs();
   const result = await main();
   if (opts.json) process.stdout.write(JSON.stringify(sharedShape(result)) + "\n");
   else printTable(result);
@@ -597,6 +570,6 @@ try {
 } catch (err) {
   const message = err instanceof BenchError || err instanceof BuildError ? err.message : err?.stack ?? String(err);
   process.stderr.write(`bench: FAILED: ${message}\n`);
-  if (opts.json) process.stdout.write(JSON.stringify({ benchmark: "B1", title: "Import", results: [], problems: [], error: message }) + "\n");
+  if (opts?.json) process.stdout.write(JSON.stringify({ benchmark: "B1", title: "Import", results: [], problems: [], error: message }) + "\n");
   process.exitCode = 2;
 }

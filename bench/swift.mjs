@@ -37,49 +37,27 @@
  */
 import { readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { BuildError, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
 import {
-  BenchError, clientsFor, freePort, GiB, loadApi, machineInfo, median, memoryOf, MiB, mib, run, sampleRss, say, seconds, setWorkRoot, sizeLabel,
-  startServer, summarize, targetMet, writeRawDisk,
+  BenchError, clientsFor, freePort, GiB, loadApi, machineInfo, median, memoryOf, MiB, mib, parseBenchArgs, run, sampleRss, say, seconds, setWorkRoot, sizeLabel,
+  startServer, summarize, targetMet, tmpDirOption, writeRawDisk,
 } from "./common.mjs";
 
 const RSS_LIMIT_MIB = 300;
 const TARGET_RATIO = 0.8;
 const swiftScript = join(repoRoot, "scripts/swift.sh");
 
-function parseArgs(argv) {
-  const opts = { runs: 3, sizeMib: 2048, bigSizeMib: 6144, skipBig: false, json: false, tmpDir: process.env.BENCH_TMPDIR || tmpdir() };
-  if (argv.includes("--quick")) Object.assign(opts, { runs: 2, sizeMib: 512, skipBig: true });
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
-    const take = () => {
-      const value = inline ?? argv[++i];
-      if (value === undefined) throw new BenchError(`${flag} needs a value`);
-      return value;
-    };
-    const count = () => {
-      const n = Number(take());
-      if (!Number.isInteger(n) || n <= 0) throw new BenchError(`${flag} must be a positive integer`);
-      return n;
-    };
-    switch (flag) {
-      case "--runs": opts.runs = count(); break;
-      case "--size-mib": opts.sizeMib = count(); break;
-      case "--big-size-mib": opts.bigSizeMib = count(); break;
-      case "--skip-big": opts.skipBig = true; break;
-      case "--quick": break;
-      case "--json": opts.json = true; break;
-      case "--tmp-dir": opts.tmpDir = take(); break;
-      case "-h": case "--help":
-        process.stdout.write(readFileSync(new URL(import.meta.url), "utf8").split("*/")[0].replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
-        process.exit(0);
-      default: throw new BenchError(`unknown argument ${argv[i]} (see --help)`);
-    }
-  }
-  return opts;
-}
+/** The flags of the header comment. */
+const parseArgs = () =>
+  parseBenchArgs(import.meta.url, {
+    runs: { type: "count", default: 3, quick: 2 },
+    "size-mib": { type: "count", default: 2048, quick: 512 },
+    "big-size-mib": { type: "count", default: 6144 },
+    "skip-big": { type: "boolean", quick: true },
+    json: { type: "boolean" },
+    "tmp-dir": tmpDirOption,
+  });
 
 // ---------------------------------------------------------------------------------------------
 // Swift, as the tests get it
@@ -368,7 +346,7 @@ function report(output) {
 }
 
 Promise.resolve()
-  .then(() => main(parseArgs(process.argv.slice(2))))
+  .then(() => main(parseArgs()))
   .then((code) => {
     process.exitCode = code;
   })

@@ -28,10 +28,9 @@ import {
   objectNames,
   openSwiftStore,
   removeContainer,
-  startFaultProxy,
+  swiftBehindFaultProxy,
   swiftRequest,
   swiftStoreOptions,
-  swiftToken,
   uniqueContainer,
   type FaultProxy,
 } from "../helpers/swift.js";
@@ -62,16 +61,9 @@ beforeAll(async () => {
   diskSha512 = createHash("sha512").update(bytes).digest("hex");
   await createContainer(container);
   expect((await swiftRequest("PUT", `/${container}/seeds/disk.raw`, { body: bytes })).status).toBe(201);
-  proxy = await startFaultProxy();
-  const { storageUrl } = await swiftToken();
-  const viaProxy = { authUrl: `${proxy.url}/auth/v1.0`, storageUrl: `${proxy.url}${new URL(storageUrl).pathname}`, timeoutSeconds: 5 };
-  const config = {
-    stores: [
-      { name: "local", plugin: "store-filesystem", options: { root: "images" }, staging: true },
-      { name: "swift", plugin: "store-swift", default: true, options: swiftStoreOptions(container, viaProxy) },
-    ],
-  };
-  await writeFile(join(work, "config.json"), JSON.stringify(config));
+  const swift = await swiftBehindFaultProxy(container);
+  proxy = swift.proxy;
+  await writeFile(join(work, "config.json"), JSON.stringify({ stores: swift.stores }));
   server = await spawnServer(["--config", join(work, "config.json"), "--data-dir", join(work, "data")]);
   const transport = createGrpcTransport({ baseUrl: server.url });
   transfer = createClient(TransferService, transport);

@@ -112,6 +112,24 @@ export async function openSwiftStore(options: Record<string, unknown>): Promise<
   return (await swiftDriver()).open({ name: "swift", region: "local", options, dataDir: "/nonexistent" });
 }
 
+/**
+ * A service's stores with Swift behind a fault proxy: "local" (filesystem, the staging store)
+ * and "swift" (the default, on `container`, reaching Swift only through the proxy, with 5 s
+ * timeouts), and the proxy that makes that Swift misbehave. Close the proxy when done.
+ */
+export async function swiftBehindFaultProxy(container: string): Promise<{ proxy: FaultProxy; stores: Array<Record<string, unknown>> }> {
+  const proxy = await startFaultProxy();
+  const { storageUrl } = await swiftToken();
+  const viaProxy = { authUrl: `${proxy.url}/auth/v1.0`, storageUrl: `${proxy.url}${new URL(storageUrl).pathname}`, timeoutSeconds: 5 };
+  return {
+    proxy,
+    stores: [
+      { name: "local", plugin: "store-filesystem", options: { root: "images" }, staging: true },
+      { name: "swift", plugin: "store-swift", default: true, options: swiftStoreOptions(container, viaProxy) },
+    ],
+  };
+}
+
 export type FaultMode = "pass" | "503" | "down";
 
 /**

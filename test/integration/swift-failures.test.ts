@@ -22,10 +22,9 @@ import {
   objectNames,
   openSwiftStore,
   removeContainer,
-  startFaultProxy,
+  swiftBehindFaultProxy,
   swiftRequest,
   swiftStoreOptions,
-  swiftToken,
   uniqueContainer,
   type FaultProxy,
 } from "../helpers/swift.js";
@@ -67,17 +66,11 @@ beforeAll(async () => {
   await fs.writeFile(disk, randomBytes(DISK_BYTES));
   await createContainer(container);
   await createContainer(goneContainer);
-  proxy = await startFaultProxy();
-  const { storageUrl } = await swiftToken();
-  const viaProxy = {
-    authUrl: `${proxy.url}/auth/v1.0`,
-    storageUrl: `${proxy.url}${new URL(storageUrl).pathname}`,
-    timeoutSeconds: 5,
-  };
+  const swift = await swiftBehindFaultProxy(container);
+  proxy = swift.proxy;
   service = await startTestService({
     stores: [
-      { name: "local", plugin: "store-filesystem", options: { root: "images" }, staging: true },
-      { name: "swift", plugin: "store-swift", default: true, options: swiftStoreOptions(container, viaProxy) },
+      ...swift.stores,
       { name: "swift-bad-key", plugin: "store-swift", options: swiftStoreOptions(container, { key: "not-the-key" }) },
       { name: "swift-no-container", plugin: "store-swift", options: swiftStoreOptions(neverContainer) },
       { name: "swift-gone", plugin: "store-swift", options: swiftStoreOptions(goneContainer) },
