@@ -172,6 +172,23 @@ export function run(command, args, { cwd = repoRoot, timeoutMs = 3_600_000 } = {
   });
 }
 
+/**
+ * CPU seconds (user + system, with waited-for children such as qemu-img) these processes
+ * have used so far, from /proc/PID/stat (clock ticks of 10 ms); a process gone meanwhile counts 0.
+ */
+export function cpuSeconds(pids) {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return ticks / 100;
+}
+
 /** VmRSS and VmHWM of a process, in bytes, from /proc/PID/status; undefined once it is gone. */
 export function memoryOf(pid) {
   let text;

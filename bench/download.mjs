@@ -42,7 +42,7 @@ import { loadavg } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { BuildError, cliPath, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
-import { BenchError, clientsFor, loadApi, median, MiB, parseBenchArgs, run, say, setWorkRoot, signalChild, sizeLabel, sleep, startServer, stopServer, tmpDirOption, track, writeRawDisk } from "./common.mjs";
+import { BenchError, clientsFor, cpuSeconds, loadApi, median, MiB, parseBenchArgs, run, say, setWorkRoot, signalChild, sizeLabel, sleep, startServer, stopServer, tmpDirOption, track, writeRawDisk } from "./common.mjs";
 
 const TARGET_B2 = 0.9;
 const TARGET_B3 = 0.4;
@@ -284,16 +284,6 @@ async function connectClient(serverUrl, token, window) {
   };
 }
 
-/** A process's CPU time (user + system) in ms, from /proc/PID/stat (clock ticks of 10 ms). */
-function cpuMsOf(pid) {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return NaN;
-  }
-}
-
 async function timed(size, fn) {
   const started = performance.now();
   const bytes = await fn();
@@ -461,17 +451,17 @@ async function main(opts) {
     const samples = { nginx: [], b2: [], "grpc-js": [], connect: [] };
     // CPU seconds per GiB moved, of the server and (for the in-process gRPC clients) of the client.
     const cpu = { b2: { server: [] }, "grpc-js": { server: [], client: [] }, connect: { server: [], client: [] } };
-    const perGiB = (ms) => (ms / 1000) * (2 ** 30 / target.size);
+    const perGiB = (cpuS) => cpuS * (2 ** 30 / target.size);
     for (let i = 1; i <= opts.runs; i++) {
       const line = [];
       for (const name of Object.keys(samples)) {
-        const serverBefore = cpuMsOf(server.pid);
+        const serverBefore = cpuSeconds([server.pid]);
         const clientBefore = process.cpuUsage();
         const r = await paths[name]();
         const clientUsed = process.cpuUsage(clientBefore);
         if (cpu[name]) {
-          cpu[name].server.push(perGiB(cpuMsOf(server.pid) - serverBefore));
-          cpu[name].client?.push(perGiB((clientUsed.user + clientUsed.system) / 1000));
+          cpu[name].server.push(perGiB(cpuSeconds([server.pid]) - serverBefore));
+          cpu[name].client?.push(perGiB((clientUsed.user + clientUsed.system) / 1e6));
         }
         samples[name].push(r.mbps);
         line.push(`${name} ${Math.round(r.mbps)} MB/s`);

@@ -40,7 +40,7 @@ import { mkdtemp } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { BuildError, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
 import {
-  BenchError, clientsFor, freePort, GiB, loadApi, machineInfo, median, memoryOf, MiB, mib, parseBenchArgs, run, sampleRss, say, seconds, setWorkRoot, sizeLabel,
+  BenchError, clientsFor, cpuSeconds, freePort, GiB, loadApi, machineInfo, median, memoryOf, MiB, mib, parseBenchArgs, run, sampleRss, say, seconds, setWorkRoot, sizeLabel,
   startServer, summarize, targetMet, tmpDirOption, writeRawDisk,
 } from "./common.mjs";
 
@@ -135,20 +135,6 @@ function swiftPids() {
       return false;
     }
   });
-}
-
-/** CPU seconds (user + system, with waited-for children such as qemu-img) of these processes so far. */
-function cpuSeconds(pids) {
-  let ticks = 0;
-  for (const pid of pids) {
-    try {
-      const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-      ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return ticks / 100;
 }
 
 /** Runs `step`, with the CPU seconds Swift and the itx server spent meanwhile. */
