@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { inject, injectable } from "tsyringe";
 import type { Config } from "../config/config.js";
 import type { Repository, TaskChange } from "../persistence/repository.js";
@@ -9,15 +10,18 @@ import { isTerminal, type TaskProgress, type TaskRecord } from "./task.js";
 /** Progress is written at most this often per task; watchers see about ten updates a second. */
 export const PROGRESS_INTERVAL_MS = 100;
 
+/** The latest changes a feed keeps: enough for a watcher a second behind; one further behind reads the change log. */
+const FEED_RECORDS = 16;
+
 /**
- * Where task changes are made and watched. Changes made in this process wake this
- * process's watchers at once; changes made by other processes sharing the database
- * are found by polling the task's change log, so every watcher sees every change in
- * version order wherever it was made.
+ * Where task changes are made and watched. All watchers of a task in this process share
+ * one feed: changes made in this process reach it at once, without a read; changes made
+ * by other processes sharing the database are found by one poll of the task's change log
+ * per interval, so every watcher sees every change in version order wherever it was made.
  */
 @injectable()
 export class TaskHub {
-  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly feeds = new Map<string, TaskFeed>();
   private readonly reporters = new Map<string, ProgressReporter>();
   private readonly pollMs: number;
   private readonly closing = new AbortController();
@@ -28,6 +32,8 @@ export class TaskHub {
     @inject(Tokens.Config) config: Pick<Config, "watchPollMs">,
   ) {
     this.pollMs = config.watchPollMs;
+    // Every watch listens for shutdown: thousands of listeners are expected, not a leak.
+    setMaxListeners(0, this.closing.signal);
   }
 
   async create(task: TaskRecord): Promise<TaskRecord> {
@@ -46,7 +52,7 @@ export class TaskHub {
     if (change.state !== undefined) await this.reporters.get(id)?.flush();
     const task = await this.repository.updateTask(id, change);
     if (isTerminal(task.state)) this.reporters.delete(id);
-    this.wake(id);
+    this.feeds.get(id)?.offer(task);
     for (const listener of this.endListeners) if (isTerminal(task.state)) listener(task);
     return task;
   }
@@ -67,12 +73,12 @@ export class TaskHub {
     if (!reporter) {
       reporter = new ProgressReporter(async (p) => {
         try {
-          await this.repository.updateTask(id, {
+          const task = await this.repository.updateTask(id, {
             expect: ["running"],
             leaseOwner: lease?.owner,
             patch: lease ? { progress: p, lease: { owner: lease.owner, expireTime: Date.now() + lease.leaseMs } } : { progress: p },
           });
-          this.wake(id);
+          this.feeds.get(id)?.offer(task);
         } catch (err) {
           // The task has ended or moved on (e.g. canceled); its worker learns that from its own checks.
           if (!isDomainError(err) || err.kind !== "failed-precondition") throw err;
@@ -95,20 +101,47 @@ export class TaskHub {
 
   /** The current snapshot, then every change in version order, until a terminal state. */
   async *watch(id: string, signal: AbortSignal): AsyncGenerator<TaskRecord> {
-    let task = await this.repository.findTask(id);
-    if (!task) throw notFound("task", id);
-    yield task;
-    while (!isTerminal(task.state)) {
-      await this.waitForChange(id, signal);
-      const changes = await this.repository.listTaskChanges(id, task.version);
-      // A change whose log entry was lost is still visible on the task itself.
-      const latest = changes.at(-1) ?? (await this.repository.findTask(id));
-      if (latest && latest.version > task.version && !changes.includes(latest)) changes.push(latest);
-      for (const change of changes) {
-        task = change;
-        yield change;
-        if (isTerminal(change.state)) break;
+    // Follow first, so that no change made while the snapshot is read is missed.
+    const feed = this.follow(id);
+    // One pair of abort listeners per watch, not per change: they are costly to add and remove.
+    let interrupt: ((reason: unknown) => void) | undefined;
+    const onAbort = () => interrupt?.(signal.aborted ? signal.reason : this.closing.signal.reason);
+    signal.addEventListener("abort", onAbort);
+    this.closing.signal.addEventListener("abort", onAbort);
+    const nextChange = () =>
+      new Promise<void>((resolve, reject) => {
+        if (signal.aborted || this.closing.signal.aborted) return reject(signal.aborted ? signal.reason : this.closing.signal.reason);
+        if (feed.failure !== undefined) return reject(feed.failure);
+        const wake = () => (feed.failure === undefined ? resolve() : reject(feed.failure));
+        feed.wakers.add(wake);
+        interrupt = (reason) => {
+          feed.wakers.delete(wake);
+          reject(reason);
+        };
+      });
+    try {
+      let task = await this.repository.findTask(id);
+      if (!task) throw notFound("task", id);
+      feed.offer(task);
+      yield task;
+      while (!isTerminal(task.state)) {
+        let changes = feed.after(task.version);
+        if (!changes) {
+          // Further behind than the feed keeps: what this watcher missed is in the change log.
+          const missed = await this.repository.listTaskChanges(id, task.version);
+          changes = missed.length > 0 ? missed : feed.newerThan(task.version);
+        }
+        if (changes.length === 0) await nextChange();
+        for (const change of changes) {
+          task = change;
+          yield change;
+          if (isTerminal(change.state)) break;
+        }
       }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      this.closing.signal.removeEventListener("abort", onAbort);
+      this.unfollow(id, feed);
     }
   }
 
@@ -117,31 +150,148 @@ export class TaskHub {
     this.closing.abort(unavailable("the server is shutting down; watch again to continue"));
   }
 
-  private wake(id: string): void {
-    for (const wake of this.waiters.get(id) ?? []) wake();
+  private follow(id: string): TaskFeed {
+    let feed = this.feeds.get(id);
+    if (!feed) {
+      feed = new TaskFeed(id, this.repository, this.pollMs, (failed) => {
+        if (this.feeds.get(id) === failed) this.feeds.delete(id);
+      });
+      this.feeds.set(id, feed);
+    }
+    feed.watchers++;
+    return feed;
   }
 
-  /** Resolves when this process changes the task or the poll interval passes; rejects on abort. */
-  private waitForChange(id: string, signal: AbortSignal): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const waiters = this.waiters.get(id) ?? new Set();
-      this.waiters.set(id, waiters);
-      const settle = (outcome: () => void) => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", onAbort);
-        this.closing.signal.removeEventListener("abort", onAbort);
-        waiters.delete(wake);
-        if (waiters.size === 0) this.waiters.delete(id);
-        outcome();
-      };
-      const wake = () => settle(resolve);
-      const onAbort = () => settle(() => reject(signal.aborted ? signal.reason : this.closing.signal.reason));
-      const timer = setTimeout(wake, this.pollMs);
-      waiters.add(wake);
-      if (signal.aborted || this.closing.signal.aborted) return onAbort();
-      signal.addEventListener("abort", onAbort, { once: true });
-      this.closing.signal.addEventListener("abort", onAbort, { once: true });
-    });
+  private unfollow(id: string, feed: TaskFeed): void {
+    if (--feed.watchers > 0) return;
+    feed.stop();
+    if (this.feeds.get(id) === feed) this.feeds.delete(id);
+  }
+}
+
+/**
+ * The changes of one watched task, shared by its watchers in this process. `records` holds
+ * the latest changes in version order with no unknown change between two of them; a record
+ * that arrives ahead of a gap (another process changed the task in between, or two writes
+ * here finished out of order) waits in `ahead` until one read of the change log fills the gap.
+ */
+class TaskFeed {
+  watchers = 0;
+  readonly wakers = new Set<() => void>();
+  /** Why the feed could not follow the task (the database failed); its watchers end with it. */
+  failure?: unknown;
+  private records: TaskRecord[] = [];
+  private ahead: TaskRecord[] = [];
+  private reading = false;
+  private stopped = false;
+  private timer?: NodeJS.Timeout;
+  /** When the feed last knew the task's latest version: the next poll is due pollMs later. */
+  private confirmed = Date.now();
+
+  constructor(
+    private readonly id: string,
+    private readonly repository: Repository,
+    private readonly pollMs: number,
+    private readonly onFailure: (feed: TaskFeed) => void,
+  ) {
+    this.schedulePoll();
+  }
+
+  /** A snapshot written or read here: the next version goes to the watchers at once, a later one after a read fills the gap. */
+  offer(task: TaskRecord): void {
+    const latest = this.records.at(-1)?.version;
+    if (latest !== undefined && task.version <= latest) return;
+    if (latest === undefined || task.version === latest + 1) {
+      this.settle([task]);
+    } else if (!this.ahead.some((t) => t.version === task.version)) {
+      this.ahead.push(task);
+      this.ahead.sort((a, b) => a.version - b.version);
+      void this.fill();
+    }
+  }
+
+  /** The changes after `version`, or undefined when the feed no longer holds the one right after it. */
+  after(version: number): TaskRecord[] | undefined {
+    const first = this.records[0];
+    if (first && first.version > version + 1) return undefined;
+    return this.newerThan(version);
+  }
+
+  newerThan(version: number): TaskRecord[] {
+    return this.records.filter((t) => t.version > version);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  /** Appends changes newer than the latest, then those waiting ahead that now follow on, and wakes the watchers. */
+  private settle(changes: TaskRecord[]): void {
+    const latest = () => this.records.at(-1)?.version ?? 0;
+    for (const task of changes) if (task.version > latest()) this.records.push(task);
+    while (this.ahead.length > 0 && this.ahead[0]!.version <= latest() + 1) {
+      const next = this.ahead.shift()!;
+      if (next.version > latest()) this.records.push(next);
+    }
+    if (this.records.length > FEED_RECORDS) this.records.splice(0, this.records.length - FEED_RECORDS);
+    this.confirmed = Date.now();
+    this.wake();
+  }
+
+  /** Reads the change log after the latest record, until nothing waits ahead; one read at a time. */
+  private async fill(): Promise<void> {
+    if (this.reading) return;
+    this.reading = true;
+    try {
+      while (this.ahead.length > 0 && !this.stopped) {
+        // Every record ahead now was committed before this read begins, so the read returns it.
+        const covered = this.ahead.at(-1)!.version;
+        const changes = await this.repository.listTaskChanges(this.id, this.records.at(-1)!.version);
+        // A record missing from the log (its entry was lost) is still a change of the task.
+        const missing = this.ahead.filter((t) => t.version <= covered && !changes.some((c) => c.version === t.version));
+        this.ahead = this.ahead.filter((t) => t.version > covered);
+        this.settle([...changes, ...missing].sort((a, b) => a.version - b.version));
+      }
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      this.reading = false;
+    }
+  }
+
+  /** Finds changes made by other processes: one read per interval, skipped while this process's own writes show the latest. */
+  private schedulePoll(): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => void this.poll(), Math.max(0, this.confirmed + this.pollMs - Date.now()));
+  }
+
+  private async poll(): Promise<void> {
+    const latest = this.records.at(-1)?.version;
+    // Before the first snapshot there is nothing to follow on from; during a read, the read is the poll.
+    if (latest !== undefined && !this.reading && Date.now() - this.confirmed >= this.pollMs) {
+      try {
+        const changes = await this.repository.listTaskChanges(this.id, latest);
+        this.confirmed = Date.now();
+        if (changes.length > 0) this.settle(changes);
+      } catch (err) {
+        return this.fail(err);
+      }
+    }
+    this.schedulePoll();
+  }
+
+  private fail(err: unknown): void {
+    this.failure = err;
+    this.stop();
+    this.onFailure(this);
+    this.wake();
+  }
+
+  private wake(): void {
+    const wakers = [...this.wakers];
+    this.wakers.clear();
+    for (const wake of wakers) wake();
   }
 }
 

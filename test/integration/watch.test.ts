@@ -128,9 +128,9 @@ describe("WatchTask in one process", () => {
     const first = await stream[Symbol.asyncIterator]().next();
     expect(first.value?.task?.state).toBe(TaskState.PENDING);
     abort.abort();
-    // The hub keeps a waiter per watcher; once the call is gone none is left behind.
+    // The hub keeps a feed per watched task; once the last call is gone it is dropped.
     await new Promise((r) => setTimeout(r, 300));
-    expect((hub as unknown as { waiters: Map<string, unknown> }).waiters.has(task.id)).toBe(false);
+    expect((hub as unknown as { feeds: Map<string, unknown> }).feeds.has(task.id)).toBe(false);
   });
 });
 
