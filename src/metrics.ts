@@ -78,15 +78,16 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry, prefix: "itx_" });
   }
 
-  /** Makes each scrape count the database's tasks (a few indexed counts); an unreachable database leaves the gauge as it was. */
-  countTasksIn(repository: Pick<Repository, "countTasks">): void {
+  /** Makes each scrape count the database's tasks (one grouped query); an unreachable database leaves the gauge as it was. */
+  countTasksIn(repository: Pick<Repository, "countTasksByTypeAndState">): void {
     const gauge = this.tasks;
     Object.assign(gauge, {
       async collect() {
-        const counts = await Promise.all(
-          taskTypes.flatMap((type) => taskStates.map(async (state) => ({ type, state, count: await repository.countTasks({ type, state }) }))),
-        ).catch(() => undefined);
-        for (const { type, state, count } of counts ?? []) gauge.set({ type, state }, count);
+        const counts = await repository.countTasksByTypeAndState().catch(() => undefined);
+        if (!counts) return;
+        const counted = new Map(counts.map(({ type, state, count }) => [`${type}/${state}`, count]));
+        // Every combination is set, so one whose last task moved on reads 0, not its old count.
+        for (const type of taskTypes) for (const state of taskStates) gauge.set({ type, state }, counted.get(`${type}/${state}`) ?? 0);
       },
     });
   }

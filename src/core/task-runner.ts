@@ -33,6 +33,8 @@ export class TaskRunner {
   private timer?: NodeJS.Timeout;
   private renewer?: NodeJS.Timeout;
   private loop = Promise.resolve();
+  /** The tick queued behind the one running, if any: pokes join it instead of queueing more. */
+  private queued?: { checkRunning: boolean };
   private readonly workRoot: string;
   private readonly leaseMs: number;
 
@@ -50,12 +52,12 @@ export class TaskRunner {
   }
 
   start(): void {
-    this.timer = setInterval(() => this.poke(), POLL_MS);
+    this.timer = setInterval(() => this.schedule(true), POLL_MS);
     this.timer.unref();
     // A third of the lease: two renewals may be slow or lost before the lease lapses.
     this.renewer = setInterval(() => void this.renewLeases(), this.leaseMs / 3);
     this.renewer.unref();
-    this.poke();
+    this.schedule(true);
   }
 
   /** The ids of the tasks running in this process now. */
@@ -63,10 +65,30 @@ export class TaskRunner {
     return new Set(this.running.keys());
   }
 
-  /** Looks for work now instead of at the next poll, e.g. right after a task is created; a no-op unless started. */
+  /**
+   * Looks for work now instead of at the next poll, e.g. right after a task is created; a no-op
+   * unless started, and while every slot is taken (a run that ends pokes again). Only claims:
+   * checking the running tasks is the poll's job, so a burst of new tasks costs no reads of them.
+   */
   poke(): void {
-    if (!this.timer) return;
-    this.loop = this.loop.then(() => this.tick()).catch((err) => this.logger.warn({ err: String(err) }, "task runner poll failed"));
+    if (!this.timer || this.running.size >= this.env.config.maxConcurrentTasks) return;
+    this.schedule(false);
+  }
+
+  /** Queues a tick behind the running one; any number of requests meanwhile share one tick. */
+  private schedule(checkRunning: boolean): void {
+    if (this.queued) {
+      this.queued.checkRunning ||= checkRunning;
+      return;
+    }
+    const next = { checkRunning };
+    this.queued = next;
+    this.loop = this.loop
+      .then(() => {
+        this.queued = undefined;
+        return this.tick(next.checkRunning);
+      })
+      .catch((err) => this.logger.warn({ err: String(err) }, "task runner poll failed"));
   }
 
   /**
@@ -96,8 +118,8 @@ export class TaskRunner {
     );
   }
 
-  private async tick(): Promise<void> {
-    await this.checkRunning();
+  private async tick(checkRunning: boolean): Promise<void> {
+    if (checkRunning) await this.checkRunning();
     const free = this.env.config.maxConcurrentTasks - this.running.size;
     if (free <= 0 || this.stopping.signal.aborted) return;
     const now = Date.now();

@@ -14,6 +14,7 @@ import {
   type TaskPatch,
   type TaskRecord,
   type TaskState,
+  type TaskType,
 } from "../core/task.js";
 
 /** A conditional change to an image: applied only while its status is in `expect`. */
@@ -42,6 +43,13 @@ export interface Usage {
   imports: number;
   /** Bytes of active images. */
   storedBytes: number;
+}
+
+/** How many tasks of one type are in one state. */
+export interface TaskCount {
+  type: TaskType;
+  state: TaskState;
+  count: number;
 }
 
 /** A project's limits; an absent key is unlimited. */
@@ -84,6 +92,8 @@ export interface Repository {
   releaseIdempotencyKey(owner: string, key: string, taskId: string): Promise<void>;
   /** How many tasks match the filter. */
   countTasks(filter: TaskFilter): Promise<number>;
+  /** Tasks counted by type and state in one query, for the metrics; combinations without tasks are absent. */
+  countTasksByTypeAndState(): Promise<TaskCount[]>;
   /** Removes tasks that finished before `finishedBefore`, with their change history; returns how many. */
   deleteFinishedTasks(finishedBefore: number): Promise<number>;
   /** Tasks a worker may claim now, oldest first: pending ones, and running ones whose lease expired before `now`. */
@@ -117,6 +127,11 @@ export function applyUsage(owner: string, current: Usage, delta: Partial<Usage>,
     imports: Math.max(0, current.imports + (delta.imports ?? 0)),
     storedBytes: Math.max(0, current.storedBytes + (delta.storedBytes ?? 0)),
   };
+}
+
+/** Whether two usages are the same, so that a change between them need not be written. */
+export function sameUsage(a: Usage, b: Usage): boolean {
+  return a.images === b.images && a.imports === b.imports && a.storedBytes === b.storedBytes;
 }
 
 /** How an image change moves its project's usage. */

@@ -83,20 +83,25 @@ export class TransferServiceImpl implements ServiceImpl<typeof TransferService> 
       allStoresMustSucceed: req.allStoresMustSucceed,
       expectedHash: expectedHash(req.expectedHash),
     };
+    // The image this call created or moved to IMPORTING, returned as written rather than read again.
+    let image: ImageRecord | undefined;
     const task = await this.idempotent(req.idempotencyKey, ctx, async (taskId) => {
       if (req.imageId === "") {
         const name = checkName(req.name);
-        return withinQuota(this.repository, this.config, principalOf(ctx).project, { images: 1, imports: 1 }, async () =>
-          this.createTask("import", await this.newImage(ctx, name, declared), input, taskId),
-        );
+        return withinQuota(this.repository, this.config, principalOf(ctx).project, { images: 1, imports: 1 }, async () => {
+          image = await this.newImage(ctx, name, declared);
+          return this.createTask("import", image, input, taskId);
+        });
       }
       const queued = await visibleImage(this.repository, req.imageId, ctx, "import_image", "image_id");
       return withinQuota(this.repository, this.config, queued.owner, { imports: 1 }, async () => {
-        const image = await this.repository.updateImage(queued.id, { expect: ["queued"], status: "importing" });
+        image = await this.repository.updateImage(queued.id, { expect: ["queued"], status: "importing" });
         return this.createTask("import", image, input, taskId);
       });
     });
-    return { task: taskToProto(task), image: imageToProto((await this.repository.findImage(task.imageId))!) };
+    // A repeated idempotency key returns an earlier call's task, whose image is read as it is now.
+    image ??= (await this.repository.findImage(task.imageId))!;
+    return { task: taskToProto(task), image: imageToProto(image) };
   }
 
   async exportImage(req: pb.ExportImageRequest, ctx: HandlerContext) {

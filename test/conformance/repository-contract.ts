@@ -222,6 +222,19 @@ export function repositoryContract(name: string, harness: RepositoryHarness): vo
       expect(second.next).toBeUndefined();
     });
 
+    it("counts tasks by type and state, leaving out combinations without tasks", async () => {
+      const counts = async () => new Map((await repo.countTasksByTypeAndState()).map((c) => [`${c.type}/${c.state}`, c.count]));
+      const before = await counts();
+      const made = [task({ type: "import" }), task({ type: "import" }), task({ type: "export" }), task({ type: "copy" })];
+      for (const t of made) await repo.insertTask(t);
+      await repo.updateTask(made[1]!.id, { state: "running" });
+      await repo.updateTask(made[3]!.id, { state: "canceled" });
+      const after = await counts();
+      const added = (key: string) => (after.get(key) ?? 0) - (before.get(key) ?? 0);
+      expect(["import/pending", "import/running", "export/pending", "copy/canceled", "copy/pending"].map(added)).toEqual([1, 1, 1, 1, 0]);
+      expect([...after.values()].every((n) => n > 0)).toBe(true);
+    });
+
     it("leases running tasks: only the holder writes, and an expired lease can be taken over once", async () => {
       const t = task();
       await repo.insertTask(t);

@@ -19,6 +19,7 @@ import {
   noUsage,
   taskUsageDelta,
   refusal,
+  sameUsage,
   taskChangeFields,
   taskChangeApplies,
   taskChangeSources,
@@ -27,6 +28,7 @@ import {
   type QuotaLimits,
   type Repository,
   type TaskChange,
+  type TaskCount,
   type Usage,
 } from "../repository.js";
 
@@ -145,9 +147,13 @@ export class MongoRepository implements Repository {
   }
 
   async insertTask(task: TaskRecord): Promise<void> {
+    // Side by side, one round trip's wait instead of two: a change record whose task insert failed
+    // names a task no one can find, so nothing reads it.
     await guard(async () => {
-      await this.tasks.insertOne({ _id: task.id, ...task });
-      await this.taskChanges.insertOne({ _id: `${task.id}/${task.version}`, recordId: task.id, version: task.version, record: task });
+      await Promise.all([
+        this.tasks.insertOne({ _id: task.id, ...task }),
+        this.taskChanges.insertOne({ _id: `${task.id}/${task.version}`, recordId: task.id, version: task.version, record: task }),
+      ]);
     });
   }
 
@@ -161,6 +167,17 @@ export class MongoRepository implements Repository {
 
   async countTasks(filter: TaskFilter): Promise<number> {
     return guard(() => this.tasks.countDocuments(taskQuery(filter)));
+  }
+
+  async countTasksByTypeAndState(): Promise<TaskCount[]> {
+    return guard(async () => {
+      const groups = await this.tasks
+        .aggregate<{ _id: { type: TaskCount["type"]; state: TaskCount["state"] }; count: number }>([
+          { $group: { _id: { type: "$type", state: "$state" }, count: { $sum: 1 } } },
+        ])
+        .toArray();
+      return groups.map(({ _id, count }) => ({ type: _id.type, state: _id.state, count }));
+    });
   }
 
   async updateTask(id: string, change: TaskChange): Promise<TaskRecord> {
@@ -202,6 +219,8 @@ export class MongoRepository implements Repository {
         const current = await this.latestUsage(owner);
         const version = (current?.version ?? 0) + 1;
         const next = applyUsage(owner, current ?? noUsage, delta, limits);
+        // Without quotas imports are not counted, so most task ends would lower a zero count: nothing to write.
+        if (sameUsage(current ?? noUsage, next)) return next;
         try {
           await this.usage.insertOne({ _id: `${owner}/${version}`, owner, version, ...next });
         } catch (err) {
