@@ -194,4 +194,18 @@ describe("failures during a transfer", () => {
       proxy.mode = "pass";
     }
   });
+
+  it("an export whose copy in Swift was altered fails CHECKSUM_MISMATCH and writes no export", async () => {
+    proxy.mode = "pass";
+    const imported = await importInto(["swift"]);
+    expect(imported.state).toBe(TaskState.SUCCEEDED);
+    // Same size, other bytes: only the recorded sha512 can tell.
+    expect((await swiftRequest("PUT", `/${container}/images/${imported.imageId}`, { body: randomBytes(DISK_BYTES) })).status).toBe(201);
+    const { task } = await transfer.exportImage({ imageId: imported.imageId, diskFormat: DiskFormat.QCOW2, store: "swift" });
+    const exported = await watchToEnd(service.url, task!.id);
+    expect(exported.state).toBe(TaskState.FAILED);
+    expect(exported.error?.reason).toBe("CHECKSUM_MISMATCH");
+    expect(exported.error?.message).toContain("does not match the image's sha512");
+    expect((await swiftRequest("HEAD", `/${container}/exports/${imported.imageId}.qcow2`)).status).toBe(404);
+  });
 });

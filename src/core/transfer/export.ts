@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { DiskFormat, ImageRecord } from "../image.js";
@@ -8,6 +7,7 @@ import { exportKey, type Executor, type TransferEnvironment } from "./environmen
 import { taskFailure } from "./failure.js";
 import { withDeadline } from "./deadline.js";
 import { refuseConverted } from "./inspection.js";
+import { startHashing } from "./hashing.js";
 import { downloadToFile, storeFile } from "./streams.js";
 
 export interface ExportInput {
@@ -34,17 +34,24 @@ export const runExport: Executor = async (run, env) => {
   const source = storedCopy(env, image);
   const sourcePath = join(run.workDir, "source");
   const [outcome] = await withDeadline(run, env.config.taskTimeoutSeconds, "export", async (signal) => {
-    await fetchVerified(source, image, sourcePath, signal, (done) => run.progress("fetching", done, image.size));
+    const { verified } = await fetchVerified(source, image, sourcePath, signal, (done) => run.progress("fetching", done, image.size));
     // An encrypted image cannot be converted without its key: its export is the stored copy itself.
     const exportPath = image.encrypted ? sourcePath : join(run.workDir, "export");
     if (!image.encrypted) {
-      await convert(
-        env,
-        { from: image.diskFormat ?? env.config.runtimeFormat, to: input.diskFormat, inputPath: sourcePath, outputPath: exportPath, signal },
-        { bytesTotal: image.virtualSize, report: (done, total) => run.progress("converting", done, total) },
-      );
-      await refuseConverted(exportPath, input.diskFormat, signal, env.metrics);
+      try {
+        await convert(
+          env,
+          { from: image.diskFormat ?? env.config.runtimeFormat, to: input.diskFormat, inputPath: sourcePath, outputPath: exportPath, signal },
+          { bytesTotal: image.virtualSize, report: (done, total) => run.progress("converting", done, total) },
+        );
+        await refuseConverted(exportPath, input.diskFormat, signal, env.metrics);
+      } catch (err) {
+        // A corrupt copy is the likelier cause of a failed conversion, and the one to report.
+        await verified;
+        throw err;
+      }
     }
+    await verified;
     const size = (await stat(exportPath)).size;
     const lane = { store: target.name, instance: target.instance, key };
     // No hashes: an export records none. The work file is ours: a file store may adopt it.
@@ -76,17 +83,26 @@ export function storedCopy(env: TransferEnvironment, image: ImageRecord): StoreO
   throw taskFailure("NO_USABLE_LOCATION", `none of image ${image.id}'s stored copies is in an available store`);
 }
 
-/** Fetches a stored copy and checks it against the image's recorded hash, so a corrupt copy never spreads. */
+/**
+ * Fetches a stored copy and checks it against the image's recorded sha512, so a corrupt copy
+ * never spreads. The check runs on another thread once the copy is in `path`, alongside what
+ * the caller does with it meanwhile (a conversion): the caller awaits `verified`
+ * (CHECKSUM_MISMATCH) before anything leaves the work dir.
+ */
 export async function fetchVerified(
   source: StoreObject,
   image: ImageRecord,
   path: string,
   signal: AbortSignal,
   onBytes: (done: number) => void,
-): Promise<void> {
-  const hash = createHash("sha512");
-  await downloadToFile(source.store.instance, source.key, path, { signal, hashes: [hash], onBytes });
-  if (hash.digest("hex") !== image.osHashValue) {
-    throw taskFailure("CHECKSUM_MISMATCH", `the stored copy at ${source.uri} does not match the image's sha512; it may be corrupt`);
-  }
+): Promise<{ verified: Promise<void> }> {
+  await downloadToFile(source.store.instance, source.key, path, { signal, onBytes });
+  const { digests } = await startHashing(path, ["sha512"], { signal });
+  const verified = digests.then(({ digests: { sha512 } }) => {
+    if (sha512 !== image.osHashValue) {
+      throw taskFailure("CHECKSUM_MISMATCH", `the stored copy at ${source.uri} does not match the image's sha512; it may be corrupt`);
+    }
+  });
+  verified.catch(() => undefined); // the caller's to await; never unhandled meanwhile
+  return { verified };
 }

@@ -1,4 +1,4 @@
-import { open } from "node:fs/promises";
+import { open, type FileHandle } from "node:fs/promises";
 import { Worker } from "node:worker_threads";
 
 /** Bytes each hashing thread reads at a time: 1 MiB reads hash 25% faster than 64 KiB ones. */
@@ -43,18 +43,40 @@ export interface FileDigests {
 
 /**
  * Hashes a local file with each algorithm on its own thread, so that md5 and sha512 (about
- * 1.9 s and 1.7 s per GiB on one core) run side by side on two cores. The file is opened
- * once, before any thread starts: it may be renamed (adopted by a store) while the threads
- * read, and they still read the same bytes. Aborting `signal` stops the threads.
+ * 1.9 s and 1.7 s per GiB on one core) run side by side on two cores. Aborting `signal`
+ * stops the threads.
  */
 export async function hashFile(
   path: string,
   algorithms: readonly string[],
   options: { signal: AbortSignal; onBytes?: (done: number) => void },
 ): Promise<FileDigests> {
-  const { signal } = options;
-  signal.throwIfAborted();
+  return (await startHashing(path, algorithms, options)).digests;
+}
+
+/**
+ * hashFile in two steps: resolves once the file is open, with the digests still to come.
+ * From then on the file may be renamed (adopted by a store, moved by a same-format
+ * "conversion") while the threads read, and they still read the same bytes.
+ */
+export async function startHashing(
+  path: string,
+  algorithms: readonly string[],
+  options: { signal: AbortSignal; onBytes?: (done: number) => void },
+): Promise<{ digests: Promise<FileDigests> }> {
+  options.signal.throwIfAborted();
   const handle = await open(path, "r");
+  const digests = hashOpenFile(handle, algorithms, options);
+  digests.catch(() => undefined); // the caller's to await; never unhandled meanwhile
+  return { digests };
+}
+
+async function hashOpenFile(
+  handle: FileHandle,
+  algorithms: readonly string[],
+  options: { signal: AbortSignal; onBytes?: (done: number) => void },
+): Promise<FileDigests> {
+  const { signal } = options;
   const workers: Worker[] = [];
   const onAbort = () => workers.forEach((w) => void w.terminate());
   try {

@@ -6,10 +6,16 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ObjectInfo, StoreInstance } from "../../plugins/plugin-api.js";
 import { isTransient, type RetryPolicy } from "../store-retry.js";
 import { taskFailure } from "./failure.js";
-import { hashFile } from "./hashing.js";
+import { startHashing, type FileDigests } from "./hashing.js";
 
 /** Chunks read from local files: large enough that per-chunk costs vanish, small enough to bound memory. */
 export const CHUNK_BYTES = 1024 * 1024;
+
+/**
+ * Bytes a download may buffer before it stops reading the network: with the default 16 KiB
+ * every 64 KiB network chunk waited for its own disk write before the socket was read again.
+ */
+const DOWNLOAD_BUFFER_BYTES = 4 * 1024 * 1024;
 
 /** What a meter does with the bytes passing through it. */
 export interface MeterOptions {
@@ -49,7 +55,7 @@ export async function downloadToFile(
   options: MeterOptions & { signal: AbortSignal },
 ): Promise<void> {
   const source = await instance.read(key, { signal: options.signal });
-  await pipeline(source, meter(options), createWriteStream(path), { signal: options.signal });
+  await pipeline(source, meter(options), createWriteStream(path, { highWaterMark: DOWNLOAD_BUFFER_BYTES }), { signal: options.signal });
 }
 
 export interface StoreTarget {
@@ -168,17 +174,15 @@ export async function storeFile(path: string, targets: readonly StoreTarget[], o
     const done = Math.min(progress.hashed, ...progress.lanes);
     if (Number.isFinite(done)) options.onBytes?.(done);
   };
-  const hashing =
-    options.hash === false
-      ? undefined
-      : hashFile(path, ["md5", "sha512"], {
-          signal,
-          onBytes: (done) => {
-            progress.hashed = done;
-            report();
-          },
-        });
-  hashing?.catch(() => undefined); // settled below; never unhandled meanwhile
+  let hashing: Promise<FileDigests> | undefined;
+  if (options.hash !== false) {
+    const onBytes = (done: number) => {
+      progress.hashed = done;
+      report();
+    };
+    // Opened before any store may adopt (rename) the file.
+    hashing = (await startHashing(path, ["md5", "sha512"], { signal, onBytes })).digests;
+  }
   const laneDone = (i: number) => () => {
     progress.lanes[i] = Infinity;
     report();
