@@ -3,7 +3,7 @@ import * as fs from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { hashFile } from "../../src/core/transfer/hashing.js";
+import { startHashing } from "../../src/core/transfer/hashing.js";
 import { storeFile, type StoreTarget } from "../../src/core/transfer/streams.js";
 import { StoreError, type ObjectInfo, type StoreInstance } from "../../src/plugins/plugin-api.js";
 
@@ -90,7 +90,9 @@ const digest = (algorithm: string, data: Buffer) => createHash(algorithm).update
 const signal = () => new AbortController().signal;
 // Buffers compare with equals(): a deep toEqual of megabytes takes vitest minutes.
 
-describe("hashFile", () => {
+const hashFile = async (...args: Parameters<typeof startHashing>) => (await startHashing(...args)).digests;
+
+describe("hashing", () => {
   it("gives md5 and sha512 of the whole file, and its size", async () => {
     const seen: number[] = [];
     const result = await hashFile(file, ["md5", "sha512"], { signal: signal(), onBytes: (done) => seen.push(done) });
@@ -109,6 +111,28 @@ describe("hashFile", () => {
     const hashing = hashFile(file, ["md5", "sha512"], { signal: controller.signal });
     controller.abort(new Error("stop"));
     await expect(hashing).rejects.toThrow("stop");
+  });
+
+  it("hashes more files at once than it has threads, each right, and goes on when some are aborted", async () => {
+    const files = await Promise.all(
+      Array.from({ length: 16 }, async (_, i) => {
+        const name = path.join(dir, `many-${i}`);
+        const data = randomBytes(256 * 1024 + i);
+        await fs.writeFile(name, data);
+        return { name, data, controller: new AbortController() };
+      }),
+    );
+    // All started, so that most wait their turn; then every fourth is aborted, running or waiting.
+    const started = await Promise.all(files.map(({ name, controller }) => startHashing(name, ["md5", "sha512"], { signal: controller.signal })));
+    files.forEach(({ controller }, i) => i % 4 === 0 && controller.abort(new Error("stop")));
+    const results = await Promise.allSettled(started.map((s) => s.digests));
+    results.forEach((result, i) => {
+      const { data } = files[i]!;
+      if (i % 4 === 0) expect(result).toMatchObject({ status: "rejected", reason: new Error("stop") });
+      else expect(result).toEqual({ status: "fulfilled", value: { size: data.length, digests: { md5: digest("md5", data), sha512: digest("sha512", data) } } });
+    });
+    // The threads are still good for the next file.
+    expect(await hashFile(files[0]!.name, ["sha512"], { signal: signal() })).toEqual({ size: files[0]!.data.length, digests: { sha512: digest("sha512", files[0]!.data) } });
   });
 });
 

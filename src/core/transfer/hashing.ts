@@ -1,4 +1,5 @@
 import { open, type FileHandle } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 
 /** Bytes each hashing thread reads at a time: 1 MiB reads hash 25% faster than 64 KiB ones. */
@@ -7,32 +8,40 @@ const READ_BYTES = 1024 * 1024;
 const REPORT_BYTES = 32 * 1024 * 1024;
 
 /**
- * One hashing thread. It reads the file itself (pread on the descriptor it is given, from
- * the page cache) instead of being sent chunks: no bytes cross threads, and each thread
- * holds one read buffer. Plain CommonJS evaluated as a string, so that it runs the same
- * from dist/ and from the TypeScript sources under test.
+ * A hashing thread: it hashes one file at a time, as it is asked, and is kept for the next
+ * (starting a thread costs about 20 ms of CPU; an import needs two). It reads the file itself
+ * (pread on the descriptor it is given, from the page cache) instead of being sent chunks: no
+ * bytes cross threads, and each thread holds one read buffer. Plain CommonJS evaluated as a
+ * string, so that it runs the same from dist/ and from the TypeScript sources under test.
  */
 const HASH_THREAD = `
 const { parentPort, workerData } = require("node:worker_threads");
 const { createHash } = require("node:crypto");
 const { readSync } = require("node:fs");
-const { fd, algorithm, readBytes, reportBytes } = workerData;
-const hash = createHash(algorithm);
+const { readBytes, reportBytes } = workerData;
 const buffer = Buffer.allocUnsafe(readBytes);
-let done = 0;
-let reported = 0;
-for (;;) {
-  const n = readSync(fd, buffer, 0, readBytes, done);
-  if (n === 0) break;
-  hash.update(n === readBytes ? buffer : buffer.subarray(0, n));
-  done += n;
-  if (done - reported >= reportBytes) {
-    parentPort.postMessage({ done });
-    reported = done;
+parentPort.on("message", ({ fd, algorithm }) => {
+  const hash = createHash(algorithm);
+  let done = 0;
+  let reported = 0;
+  for (;;) {
+    const n = readSync(fd, buffer, 0, readBytes, done);
+    if (n === 0) break;
+    hash.update(n === readBytes ? buffer : buffer.subarray(0, n));
+    done += n;
+    if (done - reported >= reportBytes) {
+      parentPort.postMessage({ done });
+      reported = done;
+    }
   }
-}
-parentPort.postMessage({ done, digest: hash.digest("hex") });
+  parentPort.postMessage({ done, digest: hash.digest("hex") });
+});
 `;
+
+/** Threads hashing at once, at most: more than the cores only share them; the rest wait their turn. */
+const MAX_THREADS = Math.max(2, 2 * availableParallelism());
+/** An idle thread is ended after this long: an idle server keeps none. */
+const IDLE_MS = 30_000;
 
 export interface FileDigests {
   /** Bytes hashed: the file's size when hashing began and ended (it must not change meanwhile). */
@@ -43,21 +52,10 @@ export interface FileDigests {
 
 /**
  * Hashes a local file with each algorithm on its own thread, so that md5 and sha512 (about
- * 1.9 s and 1.7 s per GiB on one core) run side by side on two cores. Aborting `signal`
- * stops the threads.
- */
-export async function hashFile(
-  path: string,
-  algorithms: readonly string[],
-  options: { signal: AbortSignal; onBytes?: (done: number) => void },
-): Promise<FileDigests> {
-  return (await startHashing(path, algorithms, options)).digests;
-}
-
-/**
- * hashFile in two steps: resolves once the file is open, with the digests still to come.
- * From then on the file may be renamed (adopted by a store, moved by a same-format
- * "conversion") while the threads read, and they still read the same bytes.
+ * 1.9 s and 1.7 s per GiB on one core) run side by side on two cores. Resolves once the file
+ * is open, with the digests still to come: from then on the file may be renamed (adopted by a
+ * store) while the threads read, and they still read the same bytes. Aborting `signal` stops
+ * the threads.
  */
 export async function startHashing(
   path: string,
@@ -76,49 +74,143 @@ async function hashOpenFile(
   algorithms: readonly string[],
   options: { signal: AbortSignal; onBytes?: (done: number) => void },
 ): Promise<FileDigests> {
-  const { signal } = options;
-  const workers: Worker[] = [];
-  const onAbort = () => workers.forEach((w) => void w.terminate());
+  // One failed thread stops the others: their results are of no use.
+  const stop = new AbortController();
+  const signal = AbortSignal.any([options.signal, stop.signal]);
+  const progress = algorithms.map(() => 0);
+  const jobs = algorithms.map((algorithm, i) =>
+    hashThreads.hash(handle.fd, algorithm, signal, (done) => {
+      progress[i] = done;
+      options.onBytes?.(Math.min(...progress));
+    }),
+  );
+  for (const job of jobs) job.catch(() => undefined); // awaited below; never unhandled meanwhile
   try {
     const sizeBefore = (await handle.stat()).size;
-    signal.addEventListener("abort", onAbort, { once: true });
-    const progress = algorithms.map(() => 0);
-    const results = await Promise.all(
-      algorithms.map(
-        (algorithm, i) =>
-          new Promise<{ done: number; digest: string }>((resolve, reject) => {
-            const worker = new Worker(HASH_THREAD, {
-              eval: true,
-              workerData: { fd: handle.fd, algorithm, readBytes: READ_BYTES, reportBytes: REPORT_BYTES },
-              // A thread needs little heap: its buffer is outside it.
-              resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 8 },
-            });
-            workers.push(worker);
-            let result: { done: number; digest: string } | undefined;
-            worker.on("message", (message: { done: number; digest?: string }) => {
-              progress[i] = message.done;
-              options.onBytes?.(Math.min(...progress));
-              if (message.digest !== undefined) result = { done: message.done, digest: message.digest };
-            });
-            worker.once("error", reject);
-            worker.once("exit", (code) => {
-              if (result) resolve(result);
-              else if (signal.aborted) reject(signal.reason);
-              else reject(new Error(`the ${algorithm} hashing thread stopped (exit code ${code}) before it finished`));
-            });
-          }),
-      ),
-    );
-    signal.throwIfAborted();
+    const results = await Promise.all(jobs);
+    options.signal.throwIfAborted();
     const sizeAfter = (await handle.stat()).size;
     if (results.some((r) => r.done !== sizeBefore) || sizeAfter !== sizeBefore) {
       throw new Error(`the file changed size while it was hashed (${sizeBefore} bytes before, ${sizeAfter} after)`);
     }
     return { size: sizeBefore, digests: Object.fromEntries(algorithms.map((a, i) => [a, results[i]!.digest])) };
+  } catch (err) {
+    stop.abort(err);
+    throw err;
   } finally {
-    signal.removeEventListener("abort", onAbort);
-    // Every thread is gone before the descriptor closes: its number may be reused at once.
-    await Promise.all(workers.map((w) => w.terminate()));
+    // No thread reads the descriptor any more before it closes: its number may be reused at once.
+    await Promise.allSettled(jobs);
     await handle.close();
   }
 }
+
+interface HashJob {
+  fd: number;
+  algorithm: string;
+  signal: AbortSignal;
+  onBytes: (done: number) => void;
+  resolve: (result: { done: number; digest: string }) => void;
+  reject: (err: unknown) => void;
+  /** Takes the job out of the queue when aborted before its turn. */
+  leaveQueue: () => void;
+}
+
+/**
+ * The process's hashing threads: at most MAX_THREADS at work, jobs beyond that queued in
+ * order, idle threads kept for IDLE_MS. A job settles only once its thread has stopped
+ * reading its descriptor (finished, or ended on abort).
+ */
+class HashThreads {
+  private readonly idle = new Map<Worker, NodeJS.Timeout>();
+  private readonly queue: HashJob[] = [];
+  private working = 0;
+
+  hash(fd: number, algorithm: string, signal: AbortSignal, onBytes: (done: number) => void): Promise<{ done: number; digest: string }> {
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) return reject(signal.reason);
+      const job: HashJob = {
+        fd,
+        algorithm,
+        signal,
+        onBytes,
+        resolve,
+        reject,
+        leaveQueue: () => {
+          this.queue.splice(this.queue.indexOf(job), 1);
+          reject(signal.reason);
+        },
+      };
+      signal.addEventListener("abort", job.leaveQueue, { once: true });
+      this.queue.push(job);
+      this.next();
+    });
+  }
+
+  private next(): void {
+    while (this.queue.length > 0 && this.working < MAX_THREADS) {
+      const job = this.queue.shift()!;
+      job.signal.removeEventListener("abort", job.leaveQueue);
+      const [worker, timer] = this.idle.entries().next().value ?? [this.spawn(), undefined];
+      clearTimeout(timer);
+      this.idle.delete(worker);
+      this.run(worker, job);
+    }
+  }
+
+  private spawn(): Worker {
+    const worker = new Worker(HASH_THREAD, {
+      eval: true,
+      workerData: { readBytes: READ_BYTES, reportBytes: REPORT_BYTES },
+      // A thread needs little heap: its buffer is outside it.
+      resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 8 },
+    });
+    // A job's failure is its own listener's to report; an idle thread that fails just goes.
+    worker.on("error", () => undefined);
+    worker.once("exit", () => {
+      clearTimeout(this.idle.get(worker));
+      this.idle.delete(worker);
+    });
+    return worker;
+  }
+
+  private run(worker: Worker, job: HashJob): void {
+    this.working++;
+    worker.ref();
+    const onMessage = (message: { done: number; digest?: string }) => {
+      job.onBytes(message.done);
+      if (message.digest === undefined) return;
+      // Aborted as it finished: the thread is being ended, and is no good for another job.
+      finish(!job.signal.aborted);
+      job.resolve({ done: message.done, digest: message.digest });
+    };
+    let failure: unknown;
+    const onError = (err: unknown) => (failure = err);
+    const onExit = (code: number) => {
+      finish(false);
+      job.reject(job.signal.aborted ? job.signal.reason : (failure ?? new Error(`the ${job.algorithm} hashing thread stopped (exit code ${code}) before it finished`)));
+    };
+    const onAbort = () => void worker.terminate();
+    const finish = (reusable: boolean) => {
+      worker.off("message", onMessage).off("error", onError).off("exit", onExit);
+      job.signal.removeEventListener("abort", onAbort);
+      this.working--;
+      if (reusable) this.park(worker);
+      this.next();
+    };
+    worker.on("message", onMessage).on("error", onError).on("exit", onExit);
+    job.signal.addEventListener("abort", onAbort, { once: true });
+    worker.postMessage({ fd: job.fd, algorithm: job.algorithm });
+  }
+
+  private park(worker: Worker): void {
+    worker.unref();
+    const timer = setTimeout(() => {
+      this.idle.delete(worker);
+      void worker.terminate();
+    }, IDLE_MS);
+    timer.unref();
+    this.idle.set(worker, timer);
+  }
+}
+
+const hashThreads = new HashThreads();
