@@ -26,14 +26,22 @@ export function qemuName(format: ImageFormat): string {
   return QEMU_NAME[format];
 }
 
-/** Runs qemu-img and returns its stdout; a non-zero exit rejects with its stderr in the message. */
+/**
+ * Runs qemu-img and returns its stdout; a non-zero exit rejects with its stderr in the message.
+ * Creating a LUKS key slot times PBKDF rounds by the thread's CPU time, which the kernel counts
+ * in ticks: on a busy machine a round can count 0 ms and qemu-img gives up ("Unable to get
+ * accurate CPU usage"). That one failure is tried again.
+ */
 export async function qemuImg(args: string[]): Promise<string> {
-  try {
-    const { stdout } = await run("qemu-img", args, { maxBuffer: 16 * MiB });
-    return stdout;
-  } catch (err) {
-    const e = err as Error & { stderr?: string };
-    throw new Error(`qemu-img ${args.join(" ")} failed: ${e.stderr?.trim() || e.message}`);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const { stdout } = await run("qemu-img", args, { maxBuffer: 16 * MiB });
+      return stdout;
+    } catch (err) {
+      const e = err as Error & { stderr?: string };
+      if (attempt < 5 && e.stderr?.includes("Unable to get accurate CPU usage")) continue;
+      throw new Error(`qemu-img ${args.join(" ")} failed: ${e.stderr?.trim() || e.message}`);
+    }
   }
 }
 
