@@ -175,9 +175,12 @@ EOF
 
 write_configs() {
   server_conf account "$ACCOUNT_PORT" >"$CONF/account-server.conf"
+  # The container updater only refreshes the account's per-container counts, which nothing here
+  # reads; every 30 s it swept every container the tests had made, a core's worth of CPU once
+  # there were a few hundred: hourly keeps it from competing with the tests and benches.
   server_conf container "$CONTAINER_PORT" "
 [container-updater]
-interval = 30
+interval = 3600
 concurrency = 1
 recon_cache_path = $STATE/cache" >"$CONF/container-server.conf"
   server_conf object "$OBJECT_PORT" "
