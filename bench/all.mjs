@@ -6,7 +6,7 @@
  *   npm run bench:quick                       (the same as -- --quick: about 5 minutes)
  *
  * Each script runs as `node bench/<script> --json [--quick]`; its stderr (progress) streams
- * through, its stdout is the one JSON object of /work/briefs/bench-format.md. --only keeps the
+ * through, its stdout is one JSON object in the shared result shape (bench/common.mjs). --only keeps the
  * scripts that cover any of the named benchmarks (B1..B7, SWIFT). A script that is missing,
  * fails or prints no result is a row in the table with its status, and the others still run.
  * B7 (Glance) runs only where glance.mjs finds Glance; it says so itself (`available: false`

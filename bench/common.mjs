@@ -353,7 +353,15 @@ export async function clientsFor(server) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared result shape (/work/briefs/bench-format.md) and the other benches' helpers
+// The shared result shape, and the other benches' helpers
+//
+// With --json every bench script prints one object on stdout, which bench/all.mjs collects:
+//   { benchmark: "B1" | ... | "SWIFT", title, machine: machineInfo(), mode?, results: [result], problems: [string], error? }
+// and each result is
+//   { name, unit, better: "lower" | "higher",
+//     product: summarize(...), baseline: summarize(...) | null,
+//     ratio: baseline / product time (or product / baseline rate) | null,
+//     target: { ratio } | { min } | { max } | null, met: targetMet(result) | null, ...details }
 
 /** median, min and max of samples, rounded to 3 significant decimals for the report. */
 export function summarize(label, samples) {

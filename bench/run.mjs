@@ -6,7 +6,7 @@
  *   npm run bench:import [-- --quick] [--runs N] [--skip-4g] [--json] [--via cli|rpc] [--size-mib M] [--big-size-mib M] [--tmp-dir DIR]
  *
  * --quick: a 256 MiB image, 3 runs, no 4 GiB run (flags given after it still apply).
- * --json prints one JSON object on stdout in the shared shape of /work/briefs/bench-format.md
+ * --json prints one JSON object on stdout in the shared result shape of bench/common.mjs
  * (B1 import time against the baseline, target ratio >= 0.8 = within 1.25x; B4 peak RSS of the
  * server for both sizes, target <= 300 MiB and the big figure within 10% of the small one), with
  * the runs, per-stage times and RSS under "details"; progress stays on stderr (`npm run --silent
@@ -513,7 +513,7 @@ function printTable(r) {
   process.stdout.write(lines.join("\n") + "\n");
 }
 
-/** The run in the shared result shape (/work/briefs/bench-format.md); the details ride along. */
+/** The run in the shared result shape (bench/common.mjs); the details ride along. */
 function sharedShape(r) {
   const results = [];
   const b1 = {

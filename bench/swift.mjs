@@ -7,7 +7,7 @@
  *   npm run bench:swift [-- --quick] [--runs N] [--size-mib M] [--big-size-mib M] [--skip-big] [--json] [--tmp-dir DIR]
  *
  * --quick: a 512 MiB seed, 2 runs, no big image. --json: one object on stdout in the shared
- * shape of bench/README (issue 8), benchmark "SWIFT"; progress goes to stderr.
+ * result shape of bench/common.mjs, benchmark "SWIFT"; progress goes to stderr.
  *
  * Swift: scripts/swift.sh (started when not running, released at the end). One `itx serve`
  * with a store-swift store (1 GiB segments) as its staging and default store.
