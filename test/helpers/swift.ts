@@ -94,6 +94,11 @@ export async function removeContainer(name: string): Promise<void> {
   }
 }
 
+/** `data` as a store write's source, in chunks of `chunk` bytes (the last one shorter). */
+export async function* chunksOf(data: Buffer, chunk = 64 * 1024): AsyncGenerator<Buffer> {
+  for (let i = 0; i < data.length; i += chunk) yield data.subarray(i, i + chunk);
+}
+
 /** Options of a store-swift instance for `container`, as a config file would give them. */
 export function swiftStoreOptions(container: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   const { authUrl, user, key } = swiftSettings();

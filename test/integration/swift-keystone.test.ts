@@ -10,13 +10,14 @@ import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { createServer, request, type Server } from "node:http";
 import { tmpdir } from "node:os";
+import { buffer as readAll } from "node:stream/consumers";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import plugin from "../../plugins/store-swift/index.js";
 import { isStoreError, type StoreInstance } from "../../src/plugins/plugin-api.js";
 import { runStoreConformance } from "../../src/testing/index.js";
-import { openSwiftStore } from "../helpers/swift.js";
+import { chunksOf, openSwiftStore } from "../helpers/swift.js";
 
 const run = promisify(execFile);
 const script = fileURLToPath(new URL("../../scripts/keystone.sh", import.meta.url));
@@ -121,16 +122,6 @@ function keystoneOptions(name: string, extra: Record<string, unknown> = {}): Rec
     segmentSize: MiB,
     ...extra,
   };
-}
-
-async function* chunksOf(data: Buffer, chunk = 64 * 1024): AsyncGenerator<Buffer> {
-  for (let i = 0; i < data.length; i += chunk) yield data.subarray(i, i + chunk);
-}
-
-async function readAll(stream: AsyncIterable<Buffer>): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk);
-  return Buffer.concat(chunks);
 }
 
 beforeAll(async () => {

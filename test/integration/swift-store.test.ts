@@ -4,10 +4,12 @@
  * pages, TempURLs used without a token, and the errors of bad credentials and containers.
  */
 import { createHmac, randomBytes } from "node:crypto";
+import { buffer as readAll } from "node:stream/consumers";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isStoreError, type StoreInstance } from "../../src/plugins/plugin-api.js";
 import {
+  chunksOf,
   createContainer,
   objectNames,
   openSwiftStore,
@@ -24,16 +26,6 @@ const MiB = 1024 * 1024;
 const containers: string[] = [];
 let container: string;
 let store: StoreInstance;
-
-async function* chunksOf(data: Buffer, chunk = 64 * 1024): AsyncGenerator<Buffer> {
-  for (let i = 0; i < data.length; i += chunk) yield data.subarray(i, i + chunk);
-}
-
-async function readAll(stream: AsyncIterable<Buffer>): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk);
-  return Buffer.concat(chunks);
-}
 
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
   return promise.then(

@@ -138,7 +138,7 @@ function drained(stream: PassThrough): Promise<void> {
 }
 
 /** A local file as a fan-out source. */
-export function fileChunks(path: string, signal: AbortSignal): AsyncIterable<Buffer> {
+function fileChunks(path: string, signal: AbortSignal): AsyncIterable<Buffer> {
   return createReadStream(path, { highWaterMark: CHUNK_BYTES, signal });
 }
 
@@ -228,7 +228,7 @@ export async function storeFile(path: string, targets: readonly StoreTarget[], o
  * write: two more tries, not the per-call policy's five, or a store that stays down
  * would hold the task for a minute of nested retries.
  */
-export const writeRetryPolicy: RetryPolicy = { retries: 2, baseDelayMs: 1_000, maxDelayMs: 5_000 };
+const writeRetryPolicy: RetryPolicy = { retries: 2, baseDelayMs: 1_000, maxDelayMs: 5_000 };
 
 /**
  * Writes a local file to one store. A transient failure (the store unavailable, a dropped
