@@ -712,6 +712,21 @@ describe("data plane on one server with three filesystem stores", () => {
       );
       expect(answer, "the export ExportImage just reported cannot be downloaded").toBe(`file://second/exports/${image.id}.vhdx`);
     });
+
+    it("fails CHECKSUM_MISMATCH for a stored copy altered on disk, and leaves no export (the file store had taken it by rename)", async () => {
+      const seedUri = await upload(images.raw.file);
+      const { task: imported, image } = await importAndWatch({ seedUri, diskFormat: DiskFormat.RAW, stores: ["second"] });
+      expect(imported.state, JSON.stringify(imported.error)).toBe(TaskState.SUCCEEDED);
+      const copy = path.join(secondRoot, "images", image.id);
+      // Same size, other bytes: only the recorded sha512 can tell.
+      await fs.writeFile(copy, randomBytes((await fs.stat(copy)).size));
+      const { task: created } = await c.transfer.exportImage({ imageId: image.id, diskFormat: DiskFormat.QCOW2, store: "second" });
+      const { task } = await watchToEnd(created!.id);
+      expect(task.state).toBe(TaskState.FAILED);
+      expect(task.error).toMatchObject({ reason: "CHECKSUM_MISMATCH", message: expect.stringContaining("does not match the image's sha512") });
+      expect((await listFiles(secondRoot)).filter((f) => f.includes(`${image.id}.qcow2`))).toEqual([]);
+      await eventually("files under work/", () => listFiles(workRoot), (files) => files.length === 0);
+    });
   });
 
   // 8 ------------------------------------------------------------------------------------------
