@@ -12,22 +12,27 @@ export interface Part {
 /** Starts the GET of a part; rejects (with a StoreError) when Swift refuses it. */
 export type FetchPart = (part: Part, signal: AbortSignal) => Promise<IncomingMessage>;
 
-/** One part on its way: what arrived of it so far, kept until it is its turn. */
+/** One part on its way, and what arrived of it that the consumer has not taken yet. */
 interface InFlight {
   part: Part;
   chunks: Buffer[];
   received: number;
   ended: boolean;
   response?: IncomingMessage;
+  /** The socket's idle timeout, suspended while the response is held back on purpose. */
+  heldTimeoutMs?: number;
 }
 
 /**
  * The bytes of several ranged GETs, in order, with up to `window` of them running at once.
  * Swift serves one GET with one object-server green thread and one proxy worker, so a
- * single stream leaves most of a small Swift idle; parts fetched side by side keep it busy.
- * A part ahead of its turn is buffered whole, so memory is bounded by `window` parts; the
- * part whose turn it is streams through as it arrives. Parts are not copied: the chunks
- * the sockets deliver are the chunks this stream emits.
+ * single stream leaves most of a small Swift idle; parts started side by side keep it busy.
+ * Only the part whose turn it is flows, and only while the consumer wants more: the others
+ * are paused, so what they send ahead waits in the kernel's socket buffers, not in this
+ * process. Holding it here (up to `window` parts of chunks) kept chunks alive long enough
+ * to reach V8's old generation: a 2 GiB import then ran about 130 full garbage collections
+ * instead of 3, and used 50% more CPU. Parts are not copied: the chunks the sockets deliver
+ * are the chunks this stream emits.
  *
  * A part that comes back short, a lost connection or a refusal destroys the stream with
  * that error; the caller's retry resumes from the bytes it has.
@@ -94,6 +99,8 @@ export class PartsReader extends Readable {
       f.received += chunk.length;
       if (f === this.queue[0]) this.drain();
     });
+    // Flowing from here on is drain()'s call.
+    if (f !== this.queue[0] || !this.wanted) hold(f);
     response.once("end", () => {
       f.ended = true;
       if (f.received !== f.part.length) {
@@ -105,7 +112,10 @@ export class PartsReader extends Readable {
     response.once("error", (err) => this.fail(err));
   }
 
-  /** Hands the head part's chunks on while the consumer wants them; moves to the next part when it is done. */
+  /**
+   * Hands the head part's chunks on while the consumer wants them, and moves to the next
+   * part when it is done; the head's response flows exactly while the consumer wants more.
+   */
   private drain(): void {
     while (this.wanted && !this.destroyed) {
       const head = this.queue[0];
@@ -117,15 +127,42 @@ export class PartsReader extends Readable {
         this.wanted = this.push(head.chunks.shift());
         continue;
       }
-      if (!head.ended) return;
+      if (!head.ended) break;
       this.queue.shift();
       this.fill();
+    }
+    const head = this.queue[0];
+    if (head?.response && !this.destroyed) {
+      if (this.wanted) release(head);
+      else hold(head);
     }
   }
 
   private fail(err: unknown): void {
     if (!this.destroyed) this.destroy(this.describe(err) as Error);
   }
+}
+
+/**
+ * Stops a part's response from reading its socket. Its idle timeout stops too: a part may
+ * wait its turn behind a slow consumer for longer than that, and the wait is ours, not a
+ * silent server's.
+ */
+function hold(f: InFlight): void {
+  const { response } = f;
+  if (!response || f.heldTimeoutMs !== undefined) return;
+  response.pause();
+  f.heldTimeoutMs = response.socket?.timeout ?? 0;
+  response.socket?.setTimeout(0);
+}
+
+/** Lets a held part's response read its socket again, with its idle timeout back. */
+function release(f: InFlight): void {
+  const { response } = f;
+  if (!response || f.heldTimeoutMs === undefined) return;
+  response.socket?.setTimeout(f.heldTimeoutMs);
+  f.heldTimeoutMs = undefined;
+  response.resume();
 }
 
 /** Splits `[offset, offset + length)` of `path` into parts of at most `size` bytes. */

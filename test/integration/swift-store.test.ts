@@ -4,6 +4,7 @@
  * pages, TempURLs used without a token, and the errors of bad credentials and containers.
  */
 import { createHmac, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { buffer as readAll } from "node:stream/consumers";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -148,6 +149,11 @@ describe("objects", () => {
   });
 });
 
+/** Bytes this process has taken from files and sockets so far (Linux's /proc/self/io rchar). */
+function bytesReadByProcess(): number {
+  return Number(/^rchar: (\d+)$/m.exec(readFileSync("/proc/self/io", "utf8"))![1]);
+}
+
 describe("reads in parts", () => {
   /** Parts of 256 KiB, three at a time: a few MiB exercise what a large image does. */
   const partsOptions = { parallelReads: 3, readPartSize: 256 * 1024 };
@@ -196,6 +202,34 @@ describe("reads in parts", () => {
       expect(isStoreError(err) && err.kind, key).toBe("not-found");
       expect((err as Error).message).toMatch(/replaced or deleted while it was read/);
     }
+  });
+
+  it("a consumer that stops reading holds the parts ahead in the kernel, not in the process's memory", async () => {
+    const parts = await openSwiftStore(swiftStoreOptions(container, { parallelReads: 4, readPartSize: 4 * MiB }));
+    const data = randomBytes(32 * MiB);
+    expect((await swiftRequest("PUT", `/${container}/images/parts-stalled`, { body: data })).status).toBe(201);
+    const iterator = (await parts.read("images/parts-stalled"))[Symbol.asyncIterator]();
+    const got = [(await iterator.next()).value as Buffer];
+    const before = bytesReadByProcess();
+    // Time for the four parts under way to arrive whole, were they read ahead: up to 16 MiB.
+    await sleep(1500);
+    const readMeanwhile = bytesReadByProcess() - before;
+    for (let next = await iterator.next(); !next.done; next = await iterator.next()) got.push(next.value as Buffer);
+    expect(Buffer.concat(got).equals(data)).toBe(true);
+    expect(readMeanwhile, `${(readMeanwhile / MiB).toFixed(1)} MiB read while the consumer waited`).toBeLessThan(2 * MiB);
+  });
+
+  it("parts waiting their turn behind a slow consumer outlast the idle timeout", async () => {
+    const parts = await openSwiftStore(swiftStoreOptions(container, { parallelReads: 3, readPartSize: 64 * 1024, timeoutSeconds: 0.5 }));
+    const data = randomBytes(MiB);
+    expect((await swiftRequest("PUT", `/${container}/images/parts-slow`, { body: data })).status).toBe(201);
+    const got: Buffer[] = [];
+    for await (const chunk of await parts.read("images/parts-slow")) {
+      got.push(chunk as Buffer);
+      // Each part waits for the one before it: three times the timeout in all.
+      if (got.length <= 3) await sleep(500);
+    }
+    expect(Buffer.concat(got).equals(data)).toBe(true);
   });
 });
 
