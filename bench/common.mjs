@@ -4,8 +4,8 @@
  * and test disks.
  */
 import { spawn } from "node:child_process";
-import { randomFillSync } from "node:crypto";
-import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+import { createHash, randomFillSync } from "node:crypto";
+import { closeSync, createReadStream, ftruncateSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -144,6 +144,20 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const seconds = (ms) => Math.round(ms / 10) / 100;
 export const mib = (bytes) => Math.round((bytes / MiB) * 10) / 10;
 export const sizeLabel = (m) => (m % 1024 === 0 ? `${m / 1024} GiB` : `${m} MiB`);
+
+/**
+ * The baselines' hash: Node's sha512 of a file in 1 MiB reads, as the service must hash
+ * (coreutils' sha512sum is slower, and would flatter the product).
+ */
+export function sha512File(path) {
+  return new Promise((resolvePromise, reject) => {
+    const hash = createHash("sha512");
+    const stream = createReadStream(path, { highWaterMark: MiB });
+    stream.on("data", (chunk) => hash.update(chunk));
+    stream.on("error", reject);
+    stream.on("end", () => resolvePromise(hash.digest("hex")));
+  });
+}
 
 export function median(values) {
   const sorted = [...values].sort((a, b) => a - b);

@@ -43,7 +43,7 @@ import { request } from "node:http";
 import { cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { BenchError, GiB, median, memoryOf, MiB, mib, parseBenchArgs, run, SAMPLE_MS, say, seconds, setWorkRoot, sizeLabel, sleep, tmpDirOption, writeRawDisk } from "./common.mjs";
+import { BenchError, GiB, median, memoryOf, MiB, mib, parseBenchArgs, run, SAMPLE_MS, say, seconds, setWorkRoot, sha512File, sizeLabel, sleep, tmpDirOption, writeRawDisk } from "./common.mjs";
 
 const repoRoot = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const glanceScript = join(repoRoot, "scripts/glance.sh");
@@ -237,16 +237,6 @@ const glanceLog = () => `${process.env.GLANCE_STATE_DIR || "/var/tmp/imagetransf
 
 // ---------------------------------------------------------------------------------------------
 // Baseline: qemu-img convert -O raw, then Node's sha512 of the output
-
-function sha512File(path) {
-  return new Promise((resolvePromise, reject) => {
-    const hash = createHash("sha512");
-    const stream = createReadStream(path, { highWaterMark: MiB });
-    stream.on("data", (chunk) => hash.update(chunk));
-    stream.on("error", reject);
-    stream.on("end", () => resolvePromise(hash.digest("hex")));
-  });
-}
 
 async function baselineRun(dir, qcow2) {
   const out = join(dir, "out.raw");
