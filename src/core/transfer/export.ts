@@ -61,7 +61,10 @@ export const runExport: Executor = async (run, env) => {
     try {
       await verified;
     } catch (err) {
-      if (outcomes[0]!.status === "fulfilled") await target.instance.delete(key).catch(() => undefined);
+      if (outcomes[0]!.status === "fulfilled") {
+        // Left there, a later export of this format would take it for done: an operator must know.
+        await target.instance.delete(key).catch((error: unknown) => env.logger.error({ err: String(error), uri }, "could not remove an export that failed its check; remove it by hand"));
+      }
       throw err;
     }
     return outcomes;
