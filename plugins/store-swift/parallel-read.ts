@@ -132,7 +132,8 @@ export class PartsReader extends Readable {
       this.fill();
     }
     const head = this.queue[0];
-    if (head?.response && !this.destroyed) {
+    // An ended response's socket may already serve another request: it is not ours to touch.
+    if (head?.response && !head.ended && !this.destroyed) {
       if (this.wanted) release(head);
       else hold(head);
     }
