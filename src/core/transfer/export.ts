@@ -54,9 +54,9 @@ export const runExport: Executor = async (run, env) => {
     const size = (await stat(exportPath)).size;
     const lane = { store: target.name, instance: target.instance, key };
     // No hashes: an export records none. The work file is ours: a file store may adopt it.
-    // Stored while the check still runs (it usually ends first, during the conversion), and
-    // removed again if the check fails, as copy-to does: waiting for it first added a whole
-    // sha512 pass (1.7 s per GiB) to every export.
+    // Stored while the check may still run, and removed again if it fails, as copy-to does:
+    // waiting for it first made every export whose conversion is quicker than a sha512 pass
+    // (1.4-1.7 s per GiB here) wait out the rest of the hash.
     const { outcomes } = await storeFile(exportPath, [lane], { signal, hash: false, adopt: true, onBytes: (done) => run.progress("storing", done, size) });
     try {
       await verified;
