@@ -40,7 +40,11 @@ interface SegmentEntry {
   size_bytes: number;
 }
 
-/** One Swift container seen as a store instance; see index.ts for the mapping and the rules. */
+/**
+ * One Swift container seen as a store instance; see index.ts for the mapping and the rules.
+ * Every request made on behalf of a call carries the call's trace context, so a traced
+ * Swift proxy joins the host's trace; the helpers get the call's options for that.
+ */
 export class SwiftStore implements StoreInstance {
   private readonly segmentsContainer: string;
   private prepared?: Promise<string>;
@@ -72,7 +76,6 @@ export class SwiftStore implements StoreInstance {
     checkKey(key);
     await this.ready();
     const what = `stat ${this.describe(key)}`;
-    // The host's trace context goes along, so a traced Swift proxy joins the trace.
     const response = await this.connection.request("HEAD", this.objectPath(key), { headers: { ...options?.traceContext }, signal: options?.signal }, what);
     discard(response);
     if (response.statusCode === 404) return undefined;
@@ -88,7 +91,7 @@ export class SwiftStore implements StoreInstance {
     const signal = options?.signal;
     const what = `read ${this.describe(key)}`;
     if (range?.length === 0) {
-      const found = await this.stat(key, { signal });
+      const found = await this.stat(key, options);
       if (!found) throw new StoreError("not-found", `${what}: not found`);
       if (range.offset > found.size) throw beyondEnd(what, range, found.size);
       return Readable.from([]);
@@ -107,7 +110,7 @@ export class SwiftStore implements StoreInstance {
     if (status === 416) {
       // Swift refuses a range that starts at the very end; the contract reads nothing there.
       discard(response);
-      const found = await this.stat(key, { signal });
+      const found = await this.stat(key, options);
       if (!found) throw new StoreError("not-found", `${what}: not found`);
       if (offset === found.size && range?.length === undefined) return Readable.from([]);
       throw beyondEnd(what, range ?? { offset }, found.size);
@@ -126,7 +129,7 @@ export class SwiftStore implements StoreInstance {
     if (!inParts || status !== 206 || end - offset <= partSize) return response;
     const first = { part: { path: this.objectPath(key), offset, length: partSize }, response };
     try {
-      return await this.readParts(key, first, response.headers, end, signal, what);
+      return await this.readParts(key, first, response.headers, end, options, what);
     } catch (err) {
       response.destroy();
       throw err;
@@ -146,19 +149,20 @@ export class SwiftStore implements StoreInstance {
     first: { part: Part; response: IncomingMessage },
     headers: IncomingHttpHeaders,
     end: number,
-    signal: AbortSignal | undefined,
+    call: CallOptions | undefined,
     what: string,
   ): Promise<Readable> {
     const from = first.part.offset + first.part.length;
     const partSize = this.options.readPartSize;
     const large = header(headers, "x-static-large-object")?.toLowerCase() === "true";
-    const segments = large ? await this.segmentList(key, header(headers, "x-timestamp"), signal) : undefined;
+    const segments = large ? await this.segmentList(key, header(headers, "x-timestamp"), call) : undefined;
     const parts = segments ? segmentParts(segments, from, end, partSize) : split(this.objectPath(key), from, end - from, partSize);
     const etag = header(headers, "etag");
     const fetchPart = async (part: Part, partSignal: AbortSignal) => {
       const partWhat = `${what}: bytes ${part.offset}-${part.offset + part.length - 1} of ${part.path}`;
       const range = `bytes=${part.offset}-${part.offset + part.length - 1}`;
-      const partHeaders: Record<string, string> = segments || !etag ? { range } : { range, "if-match": etag };
+      const partHeaders: Record<string, string> = { ...call?.traceContext, range };
+      if (!segments && etag) partHeaders["if-match"] = etag;
       const response = await this.connection.request("GET", part.path, { headers: partHeaders, signal: partSignal }, partWhat);
       if (response.statusCode === 206) return response;
       discard(response);
@@ -167,17 +171,18 @@ export class SwiftStore implements StoreInstance {
       }
       throw statusError(response.statusCode ?? 0, partWhat);
     };
-    return new PartsReader(first, parts, fetchPart, this.options.parallelReads, (err) => networkError(err, what), signal);
+    return new PartsReader(first, parts, fetchPart, this.options.parallelReads, (err) => networkError(err, what), call?.signal);
   }
 
   /**
    * The segments of the SLO at `key`, when they can be read directly: the manifest is the
    * one the first part came from (same X-Timestamp) and names whole plain objects only.
    */
-  private async segmentList(key: string, timestamp: string | undefined, signal: AbortSignal | undefined): Promise<Segment[] | undefined> {
+  private async segmentList(key: string, timestamp: string | undefined, call: CallOptions | undefined): Promise<Segment[] | undefined> {
     if (!timestamp) return undefined;
     const what = `look up the segments of ${this.describe(key)}`;
-    const answer = await this.callRetrying("GET", this.objectPath(key), { query: { "multipart-manifest": "get" }, signal }, what);
+    const query = { "multipart-manifest": "get" };
+    const answer = await this.callRetrying("GET", this.objectPath(key), { query, headers: { ...call?.traceContext }, signal: call?.signal }, what);
     if (!ok(answer.status) || header(answer.headers, "x-timestamp") !== timestamp) return undefined;
     const entries = JSON.parse(answer.body.toString("utf8")) as Array<{ name?: unknown; bytes?: unknown; range?: unknown; sub_slo?: unknown }>;
     if (!entries.every((e) => typeof e.name === "string" && e.name.startsWith("/") && typeof e.bytes === "number" && !e.range && !e.sub_slo)) return undefined;
@@ -207,22 +212,24 @@ export class SwiftStore implements StoreInstance {
       })(),
       signal,
     );
-    const replaced = await this.segmentsOf(key, signal);
+    const replaced = await this.segmentsOf(key, options);
     let answer: Answer;
     let size: number;
     if (!(await reader.more())) {
       const body = Buffer.concat(head);
       size = body.length;
-      answer = await this.callRetrying("PUT", this.objectPath(key), { body, signal }, what);
+      answer = await this.callRetrying("PUT", this.objectPath(key), { body, headers: { ...options?.traceContext }, signal }, what);
       if (!ok(answer.status)) throw this.putError(answer.status, this.options.container, what);
     } else {
-      ({ answer, size } = await this.writeLargeObject(key, head, reader, signal, what));
+      ({ answer, size } = await this.writeLargeObject(key, head, reader, options, what));
     }
-    await this.deleteSegments(replaced);
+    await this.deleteSegments(replaced, options);
     return { key, size, modifiedTime: modified(answer.headers) };
   }
 
-  private async writeLargeObject(key: string, head: Buffer[], reader: ChunkReader, signal: AbortSignal | undefined, what: string) {
+  private async writeLargeObject(key: string, head: Buffer[], reader: ChunkReader, call: CallOptions | undefined, what: string) {
+    const signal = call?.signal;
+    const trace = { ...call?.traceContext };
     const prefix = `${key}/${randomBytes(8).toString("hex")}`;
     const written: string[] = [];
     const manifest: SegmentEntry[] = [];
@@ -250,7 +257,7 @@ export class SwiftStore implements StoreInstance {
         })();
         // Recorded before the PUT: an abort half-way may still leave the segment stored.
         written.push(name);
-        const answer = await this.connection.putStream(`/${this.segmentsContainer}/${name}`, {}, body, signal, segmentWhat);
+        const answer = await this.connection.putStream(`/${this.segmentsContainer}/${name}`, trace, body, signal, segmentWhat);
         if (!ok(answer.status)) throw this.putError(answer.status, this.segmentsContainer, segmentWhat);
         manifest.push({ path: `/${this.segmentsContainer}/${name}`, etag: header(answer.headers, "etag") ?? "", size_bytes: bytes });
         size += bytes;
@@ -259,13 +266,13 @@ export class SwiftStore implements StoreInstance {
       const answer = await this.callRetrying(
         "PUT",
         this.objectPath(key),
-        { query: { "multipart-manifest": "put" }, body: Buffer.from(JSON.stringify(manifest)), signal },
+        { query: { "multipart-manifest": "put" }, headers: trace, body: Buffer.from(JSON.stringify(manifest)), signal },
         `${what}: manifest`,
       );
       if (!ok(answer.status)) throw this.putError(answer.status, this.options.container, `${what}: manifest`);
       return { answer, size };
     } catch (err) {
-      await this.deleteSegments(written.map((name) => `/${this.segmentsContainer}/${name}`));
+      await this.deleteSegments(written.map((name) => `/${this.segmentsContainer}/${name}`), call);
       throw err;
     }
   }
@@ -274,8 +281,9 @@ export class SwiftStore implements StoreInstance {
     checkKey(key);
     await this.ready();
     const signal = options?.signal;
+    const trace = { ...options?.traceContext };
     const what = `delete ${this.describe(key)}`;
-    const head = await this.connection.call("HEAD", this.objectPath(key), { signal }, what);
+    const head = await this.connection.call("HEAD", this.objectPath(key), { headers: trace, signal }, what);
     if (head.status === 404) return;
     if (!ok(head.status)) throw statusError(head.status, what);
     // An SLO goes with its segments; Swift refuses multipart-manifest=delete for plain objects.
@@ -283,7 +291,7 @@ export class SwiftStore implements StoreInstance {
     const answer = await this.connection.call(
       "DELETE",
       this.objectPath(key),
-      large ? { query: { "multipart-manifest": "delete" }, headers: { accept: "application/json" }, signal } : { signal },
+      large ? { query: { "multipart-manifest": "delete" }, headers: { ...trace, accept: "application/json" }, signal } : { headers: trace, signal },
       what,
     );
     if (answer.status === 404 || (ok(answer.status) && (!large || bulkOk(answer)))) return;
@@ -300,7 +308,7 @@ export class SwiftStore implements StoreInstance {
     await this.ready();
     const limit = Math.min(pageSize, MAX_LISTING - 1);
     // One more than asked: whether more follow is then known without an empty last page.
-    const items = await this.listing(this.options.container, { prefix, marker: options?.pageToken ?? "", limit: limit + 1 }, options?.signal);
+    const items = await this.listing(this.options.container, { prefix, marker: options?.pageToken ?? "", limit: limit + 1 }, options);
     const objects = items.slice(0, limit).map((item) => ({ key: item.name, size: item.bytes, modifiedTime: listingTime(item.last_modified) }));
     return items.length > limit ? { objects, nextPageToken: objects.at(-1)!.key } : { objects };
   }
@@ -311,10 +319,9 @@ export class SwiftStore implements StoreInstance {
    */
   async removePartialWrites(olderThan: Date, options?: CallOptions): Promise<number> {
     await this.ready();
-    const signal = options?.signal;
     const writes = new Map<string, { key: string; paths: string[]; newest: number }>();
     for (let marker = ""; ; ) {
-      const items = await this.listing(this.segmentsContainer, { prefix: "", marker, limit: MAX_LISTING }, signal);
+      const items = await this.listing(this.segmentsContainer, { prefix: "", marker, limit: MAX_LISTING }, options);
       for (const item of items) {
         const write = item.name.slice(0, item.name.lastIndexOf("/"));
         const key = write.slice(0, write.lastIndexOf("/"));
@@ -330,9 +337,9 @@ export class SwiftStore implements StoreInstance {
     let removed = 0;
     for (const { key, paths, newest } of writes.values()) {
       if (newest >= olderThan.getTime()) continue;
-      const current = new Set(await this.segmentsOf(key, signal));
+      const current = new Set(await this.segmentsOf(key, options));
       if (paths.some((p) => current.has(p))) continue;
-      await this.deleteSegments(paths);
+      await this.deleteSegments(paths, options);
       removed += paths.length;
     }
     return removed;
@@ -407,9 +414,10 @@ export class SwiftStore implements StoreInstance {
   }
 
   /** The segment paths ("/container/name") of the SLO at `key`; none for a plain or missing object. */
-  private async segmentsOf(key: string, signal: AbortSignal | undefined): Promise<string[]> {
+  private async segmentsOf(key: string, call: CallOptions | undefined): Promise<string[]> {
     const what = `look up the segments of ${this.describe(key)}`;
-    const answer = await this.callRetrying("GET", this.objectPath(key), { query: { "multipart-manifest": "get", format: "raw" }, signal }, what);
+    const query = { "multipart-manifest": "get", format: "raw" };
+    const answer = await this.callRetrying("GET", this.objectPath(key), { query, headers: { ...call?.traceContext }, signal: call?.signal }, what);
     if (answer.status === 404) return [];
     if (!ok(answer.status)) throw statusError(answer.status, what);
     if (header(answer.headers, "x-static-large-object")?.toLowerCase() !== "true") return [];
@@ -422,10 +430,11 @@ export class SwiftStore implements StoreInstance {
   /**
    * Best effort: what is left is found later by removePartialWrites. The first failure
    * ends it, so a Swift that has gone away does not hold up the caller once per segment.
+   * Not under the call's signal: the segments of an aborted write go too.
    */
-  private async deleteSegments(paths: string[]): Promise<void> {
+  private async deleteSegments(paths: string[], call: CallOptions | undefined): Promise<void> {
     for (const path of paths) {
-      const answer = await this.callRetrying("DELETE", path, {}, `delete segment ${path}`).catch(() => undefined);
+      const answer = await this.callRetrying("DELETE", path, { headers: { ...call?.traceContext } }, `delete segment ${path}`).catch(() => undefined);
       if (!answer || !(ok(answer.status) || answer.status === 404)) return;
     }
   }
@@ -433,13 +442,17 @@ export class SwiftStore implements StoreInstance {
   private async listing(
     container: string,
     query: { prefix: string; marker: string; limit: number },
-    signal: AbortSignal | undefined,
+    call: CallOptions | undefined,
   ): Promise<Array<{ name: string; bytes: number; last_modified: string }>> {
     const what = `list container "${container}"`;
     const answer = await this.connection.call(
       "GET",
       `/${container}`,
-      { query: { format: "json", prefix: query.prefix, marker: query.marker, limit: String(query.limit) }, signal },
+      {
+        query: { format: "json", prefix: query.prefix, marker: query.marker, limit: String(query.limit) },
+        headers: { ...call?.traceContext },
+        signal: call?.signal,
+      },
       what,
     );
     if (answer.status === 204) return [];

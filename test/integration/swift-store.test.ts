@@ -1,10 +1,12 @@
 /**
  * The store-swift plugin against a real Swift (test/global-setup.ts): the store contract,
  * Static Large Objects with 1 MiB segments, cleanup after failures and aborts, listing
- * pages, TempURLs used without a token, and the errors of bad credentials and containers.
+ * pages, the call's trace context on every request, TempURLs used without a token, and the
+ * errors of bad credentials and containers.
  */
 import { createHmac, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { createServer, request as forward, type Server } from "node:http";
 import { buffer as readAll } from "node:stream/consumers";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -256,6 +258,86 @@ describe("listing", () => {
     expect(all.nextPageToken).toBeUndefined();
     expect(all.objects.find((o) => o.key === "a/6-large")).toMatchObject({ size: 1.5 * MiB });
     expect(all.objects.every((o) => o.modifiedTime instanceof Date && !Number.isNaN(o.modifiedTime.getTime()))).toBe(true);
+  });
+});
+
+/** What the recording proxy saw of one request. */
+interface Seen {
+  method: string;
+  /** As sent: the storage URL's path, then "/container[/object]" and the query. */
+  path: string;
+  traceparent?: string;
+}
+
+/** An HTTP proxy that forwards each request to `target` (Swift's storage URL origin), streaming both ways, and records it. */
+async function startRecordingProxy(target: URL): Promise<{ url: string; seen: Seen[]; close(): Promise<void> }> {
+  const seen: Seen[] = [];
+  const server: Server = createServer((request, response) => {
+    seen.push({ method: request.method!, path: request.url!, traceparent: request.headers.traceparent as string | undefined });
+    // Hop-by-hop: this server answered "100 Continue" itself, and the connection is its own.
+    const headers = { ...request.headers };
+    delete headers.expect;
+    delete headers.connection;
+    delete headers.host;
+    const upstream = forward({ host: target.hostname, port: target.port, method: request.method, path: request.url, headers }, (answer) => {
+      response.writeHead(answer.statusCode!, answer.headers);
+      answer.pipe(response);
+    });
+    upstream.on("error", () => response.destroy());
+    request.pipe(upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+    seen,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+describe("trace context", () => {
+  it("every request of a write, a read in parts, a list, a stat and a delete carries the call's traceparent", async () => {
+    const { storageUrl } = await swiftToken();
+    const account = new URL(storageUrl).pathname;
+    const proxy = await startRecordingProxy(new URL(storageUrl));
+    try {
+      const traced = await openSwiftStore(
+        swiftStoreOptions(container, { storageUrl: `${proxy.url}${account}`, parallelReads: 3, readPartSize: 64 * 1024 }),
+      );
+      const traceparent = `00-${randomBytes(16).toString("hex")}-${randomBytes(8).toString("hex")}-01`;
+      const call = { traceContext: { traceparent } };
+      const data = randomBytes(2.5 * MiB);
+
+      expect(await traced.write("traced/large", chunksOf(data), call)).toMatchObject({ size: data.length });
+      expect((await readAll(await traced.read("traced/large", call))).equals(data)).toBe(true);
+      expect((await traced.list({ prefix: "traced/", ...call })).objects.map((o) => o.key)).toEqual(["traced/large"]);
+      expect(await traced.stat("traced/large", call)).toMatchObject({ size: data.length });
+      await traced.delete("traced/large", call);
+      const recorded = [...proxy.seen];
+      expect(await traced.stat("traced/large")).toBeUndefined();
+
+      const objects = `${account}/${container}/`;
+      const segments = `${account}/${container}_segments/`;
+      const listings = `${account}/${container}?`;
+      // The checks at open (HEAD of the containers and the account) are no call's requests.
+      const ours = recorded.filter((r) => [objects, segments, listings].some((prefix) => r.path.startsWith(prefix)));
+      const untraced = ours.filter((r) => r.traceparent !== traceparent).map((r) => `${r.method} ${r.path}`);
+      expect(untraced, "requests without the call's traceparent").toEqual([]);
+      const kinds = {
+        "segment PUT": ours.filter((r) => r.method === "PUT" && r.path.startsWith(segments)),
+        "manifest PUT": ours.filter((r) => r.method === "PUT" && r.path.includes("multipart-manifest=put")),
+        "part GET": ours.filter((r) => r.method === "GET" && r.path.startsWith(segments)),
+        "listing GET": ours.filter((r) => r.method === "GET" && r.path.startsWith(listings)),
+        HEAD: ours.filter((r) => r.method === "HEAD" && r.path.startsWith(objects)),
+        DELETE: ours.filter((r) => r.method === "DELETE" && r.path.startsWith(objects)),
+      };
+      for (const [kind, requests] of Object.entries(kinds)) expect(requests.length, kind).toBeGreaterThan(0);
+    } finally {
+      await proxy.close();
+    }
   });
 });
 
