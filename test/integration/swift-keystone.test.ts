@@ -8,7 +8,6 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { createServer, request, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { buffer as readAll } from "node:stream/consumers";
 import { fileURLToPath } from "node:url";
@@ -17,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import plugin from "../../plugins/store-swift/index.js";
 import { isStoreError, type StoreInstance } from "../../src/plugins/plugin-api.js";
 import { runStoreConformance } from "../../src/testing/index.js";
+import { startHttpRelay, type HttpRelay } from "../helpers/http-relay.js";
 import { chunksOf, openSwiftStore } from "../helpers/swift.js";
 
 const run = promisify(execFile);
@@ -27,40 +27,17 @@ const TEMP_URL_KEY = "imagetransfer-keystone-temp-url-key";
 const SLOW = 180_000;
 
 let env: Record<string, string>;
-let relay: KeystoneRelay;
+let relay: HttpRelay;
 let container: string;
 let store: StoreInstance;
 const containers: string[] = [];
 
-/** Forwards every request to Keystone unchanged and notes the tokens it issues. */
-interface KeystoneRelay {
-  url: string;
-  /** X-Subject-Token of each successful POST /v3/auth/tokens, in order. */
-  issued: string[];
-  close(): Promise<void>;
-}
-
-async function startRelay(target: URL): Promise<KeystoneRelay> {
-  const issued: string[] = [];
-  const server: Server = createServer((incoming, outgoing) => {
-    const upstream = request(
-      { host: target.hostname, port: target.port, method: incoming.method, path: incoming.url, headers: { ...incoming.headers, host: target.host } },
-      (answer) => {
-        const token = answer.headers["x-subject-token"];
-        if (incoming.method === "POST" && answer.statusCode === 201 && typeof token === "string") issued.push(token);
-        outgoing.writeHead(answer.statusCode!, answer.headers);
-        answer.pipe(outgoing);
-      },
-    );
-    upstream.on("error", () => outgoing.destroy());
-    incoming.pipe(upstream);
+/** X-Subject-Token of each successful POST /v3/auth/tokens through the relay, in order. */
+function issuedTokens(): string[] {
+  return relay.relayed.flatMap((r) => {
+    const token = r.answerHeaders["x-subject-token"];
+    return r.method === "POST" && r.status === 201 && typeof token === "string" ? [token] : [];
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
-    issued,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
-  };
 }
 
 /** A project-scoped token straight from Keystone, and the project's Swift account URL from its catalog. */
@@ -135,7 +112,7 @@ beforeAll(async () => {
     const match = /^export ([A-Z0-9_]+)=(.*)$/.exec(line);
     if (match) env[match[1]!] = match[2]!;
   }
-  relay = await startRelay(new URL(env.KEYSTONE_AUTH_URL!));
+  relay = await startHttpRelay(new URL(env.KEYSTONE_AUTH_URL!));
   // The account's Temp-URL-Key, set by the project's member (an operator role of the proxy);
   // the store, given no tempUrlKey, signs with the account's own key.
   const key = await swift("POST", "", { "x-account-meta-temp-url-key": TEMP_URL_KEY });
@@ -216,8 +193,8 @@ describe("store-swift with Keystone v3", () => {
     "logs in again when Keystone revokes its token, and the call succeeds",
     async () => {
       await store.write("images/revoked", chunksOf(Buffer.from("still here")));
-      const revoked = relay.issued.at(-1)!;
-      const logins = relay.issued.length;
+      const revoked = issuedTokens().at(-1)!;
+      const logins = issuedTokens().length;
       const admin = await login(env.KEYSTONE_ADMIN_USER, env.KEYSTONE_ADMIN_PASSWORD, env.KEYSTONE_ADMIN_PROJECT);
       const revoke = await fetch(`${env.KEYSTONE_AUTH_URL}/auth/tokens`, {
         method: "DELETE",
@@ -233,8 +210,8 @@ describe("store-swift with Keystone v3", () => {
       expect(await store.stat("images/revoked")).toMatchObject({ size: 10 });
       expect((await readAll(await store.read("images/revoked"))).toString()).toBe("still here");
       // One new login, and the proxy answered the store's request with the old token 401.
-      expect(relay.issued.length).toBe(logins + 1);
-      expect(relay.issued.at(-1)).not.toBe(revoked);
+      expect(issuedTokens().length).toBe(logins + 1);
+      expect(issuedTokens().at(-1)).not.toBe(revoked);
       expect(count401(await readFile(log, "utf8"), container)).toBeGreaterThan(refusalsBefore);
     },
     SLOW,

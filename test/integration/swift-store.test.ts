@@ -6,11 +6,11 @@
  */
 import { createHmac, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { createServer, request as forward, type Server } from "node:http";
 import { buffer as readAll } from "node:stream/consumers";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isStoreError, type StoreInstance } from "../../src/plugins/plugin-api.js";
+import { startHttpRelay } from "../helpers/http-relay.js";
 import {
   chunksOf,
   createContainer,
@@ -261,48 +261,11 @@ describe("listing", () => {
   });
 });
 
-/** What the recording proxy saw of one request. */
-interface Seen {
-  method: string;
-  /** As sent: the storage URL's path, then "/container[/object]" and the query. */
-  path: string;
-  traceparent?: string;
-}
-
-/** An HTTP proxy that forwards each request to `target` (Swift's storage URL origin), streaming both ways, and records it. */
-async function startRecordingProxy(target: URL): Promise<{ url: string; seen: Seen[]; close(): Promise<void> }> {
-  const seen: Seen[] = [];
-  const server: Server = createServer((request, response) => {
-    seen.push({ method: request.method!, path: request.url!, traceparent: request.headers.traceparent as string | undefined });
-    // Hop-by-hop: this server answered "100 Continue" itself, and the connection is its own.
-    const headers = { ...request.headers };
-    delete headers.expect;
-    delete headers.connection;
-    delete headers.host;
-    const upstream = forward({ host: target.hostname, port: target.port, method: request.method, path: request.url, headers }, (answer) => {
-      response.writeHead(answer.statusCode!, answer.headers);
-      answer.pipe(response);
-    });
-    upstream.on("error", () => response.destroy());
-    request.pipe(upstream);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
-    seen,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
-}
-
 describe("trace context", () => {
   it("every request of a write, a read in parts, a list, a stat and a delete carries the call's traceparent", async () => {
     const { storageUrl } = await swiftToken();
     const account = new URL(storageUrl).pathname;
-    const proxy = await startRecordingProxy(new URL(storageUrl));
+    const proxy = await startHttpRelay(new URL(storageUrl));
     try {
       const traced = await openSwiftStore(
         swiftStoreOptions(container, { storageUrl: `${proxy.url}${account}`, parallelReads: 3, readPartSize: 64 * 1024 }),
@@ -316,7 +279,7 @@ describe("trace context", () => {
       expect((await traced.list({ prefix: "traced/", ...call })).objects.map((o) => o.key)).toEqual(["traced/large"]);
       expect(await traced.stat("traced/large", call)).toMatchObject({ size: data.length });
       await traced.delete("traced/large", call);
-      const recorded = [...proxy.seen];
+      const recorded = proxy.relayed.map((r) => ({ method: r.method, path: r.path, traceparent: r.headers.traceparent }));
       expect(await traced.stat("traced/large")).toBeUndefined();
 
       const objects = `${account}/${container}/`;
