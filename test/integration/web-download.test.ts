@@ -11,7 +11,7 @@ import http from "node:http";
 import net, { type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import type { Readable } from "node:stream";
+import { buffer as readAll } from "node:stream/consumers";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -120,12 +120,6 @@ class TestWebServer {
 async function openStore(options: Record<string, unknown>): Promise<StoreInstance> {
   const { stores } = await registerPlugin(definition);
   return stores[0]!.open({ name: "web", region: "local", options, dataDir: tmpdir() });
-}
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of stream) parts.push(chunk as Buffer);
-  return Buffer.concat(parts);
 }
 
 async function storeError(promise: Promise<unknown>, kind: StoreErrorKind, message: RegExp): Promise<Error> {

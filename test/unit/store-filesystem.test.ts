@@ -1,7 +1,7 @@
 import * as fs from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import type { Readable } from "node:stream";
+import { buffer as readAll } from "node:stream/consumers";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import definition from "../../plugins/store-filesystem/index.js";
 import {
@@ -26,12 +26,6 @@ async function registerDriver(): Promise<StoreDriver> {
 
 async function* chunks(...parts: Array<string | Uint8Array>): AsyncGenerator<Uint8Array> {
   for (const part of parts) yield typeof part === "string" ? Buffer.from(part) : part;
-}
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of stream) parts.push(Buffer.from(chunk as Uint8Array));
-  return Buffer.concat(parts);
 }
 
 /** Asserts that `promise` rejects with a StoreError of `kind` and returns it. */

@@ -1,4 +1,5 @@
 import { Readable } from "node:stream";
+import { buffer as readAll } from "node:stream/consumers";
 import { describe, expect, it } from "vitest";
 import { withRetries } from "../../src/core/store-retry.js";
 import { StoreError, type ReadOptions, type StoreInstance } from "../../src/plugins/plugin-api.js";
@@ -41,12 +42,6 @@ function flakyStore(options: { faults?: number; breakAfter?: number; breaks?: nu
     },
   };
   return { store, reads };
-}
-
-async function readAll(stream: AsyncIterable<Buffer>): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk);
-  return Buffer.concat(chunks);
 }
 
 describe("store retries", () => {
