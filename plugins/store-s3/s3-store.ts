@@ -22,6 +22,7 @@ import {
 import { Upload } from "@aws-sdk/lib-storage";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
+import type { BuildMiddleware, MetadataBearer } from "@smithy/types";
 import {
   StoreError,
   type ByteRange,
@@ -83,7 +84,7 @@ export class S3Store implements StoreInstance {
     const signal = options?.signal;
     checkAborted(signal);
     try {
-      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.options.bucket, Key: key }), { abortSignal: signal });
+      const head = await this.client.send(traced(new HeadObjectCommand({ Bucket: this.options.bucket, Key: key }), options), { abortSignal: signal });
       return { key, size: head.ContentLength ?? 0, modifiedTime: head.LastModified };
     } catch (err) {
       // HEAD answers carry no error code: a 404 may mean the bucket is missing, which is no answer.
@@ -106,7 +107,7 @@ export class S3Store implements StoreInstance {
     const header = whole ? undefined : `bytes=${range.offset}-${range.length === undefined ? "" : range.offset + range.length - 1}`;
     let response;
     try {
-      response = await this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: key, Range: header }), { abortSignal: signal });
+      response = await this.client.send(traced(new GetObjectCommand({ Bucket: this.options.bucket, Key: key, Range: header }), options), { abortSignal: signal });
     } catch (err) {
       // S3 refuses a range that starts at or past the end (416); reading from exactly the end is an empty read.
       if (range !== undefined && statusOf(err) === 416 && !signal?.aborted) return this.emptyRead(key, range, signal);
@@ -163,6 +164,7 @@ export class S3Store implements StoreInstance {
       },
       { step: "initialize", name: "stopWriteOnFailure" },
     );
+    if (options?.traceContext) client.middlewareStack.add(traceContextMiddleware(options.traceContext), TRACE_CONTEXT_STEP);
     const onAbort = () => stop(abortError(signal!));
     signal?.addEventListener("abort", onAbort, { once: true });
 
@@ -193,7 +195,7 @@ export class S3Store implements StoreInstance {
     const signal = options?.signal;
     checkAborted(signal);
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.options.bucket, Key: key }), { abortSignal: signal });
+      await this.client.send(traced(new DeleteObjectCommand({ Bucket: this.options.bucket, Key: key }), options), { abortSignal: signal });
     } catch (err) {
       if (codeOf(err) === "NoSuchKey" && !signal?.aborted) return;
       throw this.failure(err, signal, { action: "delete", key });
@@ -212,12 +214,15 @@ export class S3Store implements StoreInstance {
     let page;
     try {
       page = await this.client.send(
-        new ListObjectsV2Command({
-          Bucket: this.options.bucket,
-          ...(prefix === "" ? {} : { Prefix: prefix }),
-          MaxKeys: Math.min(pageSize, MAX_PAGE_SIZE),
-          ...(options.pageToken ? { ContinuationToken: options.pageToken } : {}),
-        }),
+        traced(
+          new ListObjectsV2Command({
+            Bucket: this.options.bucket,
+            ...(prefix === "" ? {} : { Prefix: prefix }),
+            MaxKeys: Math.min(pageSize, MAX_PAGE_SIZE),
+            ...(options.pageToken ? { ContinuationToken: options.pageToken } : {}),
+          }),
+          options,
+        ),
         { abortSignal: signal },
       );
     } catch (err) {
@@ -247,15 +252,15 @@ export class S3Store implements StoreInstance {
       checkAborted(signal);
       let page;
       try {
-        page = await this.client.send(new ListMultipartUploadsCommand({ Bucket: bucket, ...markers }), { abortSignal: signal });
+        page = await this.client.send(traced(new ListMultipartUploadsCommand({ Bucket: bucket, ...markers }), options), { abortSignal: signal });
       } catch (err) {
         throw this.failure(err, signal, { action: "list the multipart uploads" });
       }
       for (const upload of page.Uploads ?? []) {
         if (!upload.Key || !upload.UploadId || !upload.Initiated || upload.Initiated >= olderThan) continue;
-        if (await this.partSentSince(upload.Key, upload.UploadId, olderThan, signal)) continue;
+        if (await this.partSentSince(upload.Key, upload.UploadId, olderThan, options)) continue;
         try {
-          await this.client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: upload.Key, UploadId: upload.UploadId }), { abortSignal: signal });
+          await this.client.send(traced(new AbortMultipartUploadCommand({ Bucket: bucket, Key: upload.Key, UploadId: upload.UploadId }), options), { abortSignal: signal });
           removed++;
         } catch (err) {
           if (codeOf(err) === "NoSuchUpload" && !signal?.aborted) continue; // finished or aborted meanwhile
@@ -267,13 +272,14 @@ export class S3Store implements StoreInstance {
     }
   }
 
-  private async partSentSince(key: string, uploadId: string, since: Date, signal: AbortSignal | undefined): Promise<boolean> {
+  private async partSentSince(key: string, uploadId: string, since: Date, options: CallOptions | undefined): Promise<boolean> {
+    const signal = options?.signal;
     let marker: string | undefined;
     do {
       let page;
       try {
         page = await this.client.send(
-          new ListPartsCommand({ Bucket: this.options.bucket, Key: key, UploadId: uploadId, ...(marker ? { PartNumberMarker: marker } : {}) }),
+          traced(new ListPartsCommand({ Bucket: this.options.bucket, Key: key, UploadId: uploadId, ...(marker ? { PartNumberMarker: marker } : {}) }), options),
           { abortSignal: signal },
         );
       } catch (err) {
@@ -443,4 +449,27 @@ function abortError(signal: AbortSignal): Error {
 
 function checkAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw abortError(signal);
+}
+
+/**
+ * The call's trace context goes along as request headers (added before signing), so a traced
+ * endpoint joins the host's trace.
+ */
+function traceContextMiddleware<I extends object, O extends MetadataBearer>(traceContext: Record<string, string>): BuildMiddleware<I, O> {
+  return (next) => (args) => {
+    const request = args.request as { headers?: Record<string, string> };
+    if (request.headers) Object.assign(request.headers, traceContext);
+    return next(args);
+  };
+}
+
+const TRACE_CONTEXT_STEP = { step: "build", name: "traceContext" } as const;
+
+/** Any command: each one's middleware stack is typed by its own input and output, which this middleware touches neither of. */
+type AnyCommand = { middlewareStack: { add(middleware: BuildMiddleware<any, any>, options: typeof TRACE_CONTEXT_STEP): void } };
+
+/** `command`, carrying the call's trace context when there is one. */
+function traced<C extends AnyCommand>(command: C, options: CallOptions | undefined): C {
+  if (options?.traceContext) command.middlewareStack.add(traceContextMiddleware(options.traceContext), TRACE_CONTEXT_STEP);
+  return command;
 }

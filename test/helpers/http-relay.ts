@@ -20,14 +20,16 @@ export interface HttpRelay {
 /**
  * An HTTP server on a loopback port that forwards every request to `target`'s origin,
  * streaming bodies both ways, and notes each exchange: a real server seen from the wire.
+ * The Host header becomes the target's, unless `keepHost` (a signed request, such as
+ * S3's SigV4, must arrive with the Host it was signed for).
  */
-export async function startHttpRelay(target: URL): Promise<HttpRelay> {
+export async function startHttpRelay(target: URL, { keepHost = false } = {}): Promise<HttpRelay> {
   const relayed: Relayed[] = [];
   const server = createServer((incoming, outgoing) => {
     // Hop-by-hop: this server answered any "100 Continue" itself, and the connection is its own.
     const { expect: _expect, connection: _connection, ...headers } = incoming.headers;
     const upstream = request(
-      { host: target.hostname, port: target.port, method: incoming.method, path: incoming.url, headers: { ...headers, host: target.host } },
+      { host: target.hostname, port: target.port, method: incoming.method, path: incoming.url, headers: keepHost ? headers : { ...headers, host: target.host } },
       (answer) => {
         relayed.push({ method: incoming.method!, path: incoming.url!, headers: incoming.headers, status: answer.statusCode!, answerHeaders: answer.headers });
         outgoing.writeHead(answer.statusCode!, answer.headers);

@@ -21,6 +21,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import plugin from "../../plugins/store-s3/index.js";
 import { isStoreError, type StoreDriver, type StoreErrorKind, type StoreInstance } from "../../src/plugins/plugin-api.js";
+import { startHttpRelay } from "../helpers/http-relay.js";
 import { registerPlugin } from "../helpers/register-plugin.js";
 import { createBucket, curl, multipartUploads, removeBucket, s3Client, s3StoreOptions } from "../helpers/s3.js";
 
@@ -250,6 +251,44 @@ describe("removePartialWrites", () => {
     expect(await multipartUploads(client, bucket)).toEqual([key]);
     expect(await store.removePartialWrites!(new Date(Date.now() + 2_000))).toBe(1);
     expect(await multipartUploads(client, bucket)).toEqual([]);
+  });
+});
+
+describe("trace context", () => {
+  it("every request of a multipart write, a read, a list, a stat, a delete and a sweep carries the call's traceparent", async () => {
+    const relay = await startHttpRelay(new URL(s3StoreOptions(bucket).endpoint as string), { keepHost: true });
+    try {
+      const traced = await open("s3", s3StoreOptions(bucket, { endpoint: relay.url, partSize: PART }));
+      const traceparent = `00-${randomBytes(16).toString("hex")}-${randomBytes(8).toString("hex")}-01`;
+      const call = { traceContext: { traceparent } };
+      const data = source(3, 4 * MiB);
+      const opening = relay.relayed.length; // the bucket check at open is no call's request
+
+      await traced.write("traced/large", data.chunks(), call);
+      expect(await sha256Of(await traced.read("traced/large", { ...call, range: { offset: 1, length: 9 * MiB } }))).toHaveLength(64);
+      expect((await traced.list({ prefix: "traced/", ...call })).objects.map((o) => o.key)).toEqual(["traced/large"]);
+      expect(await traced.stat("traced/large", call)).toMatchObject({ size: 12 * MiB });
+      await traced.delete("traced/large", call);
+      await client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: "traced/abandoned" }));
+      expect(await traced.removePartialWrites!(new Date(Date.now() + 2_000), call)).toBe(1);
+
+      const requests = relay.relayed.slice(opening);
+      const untraced = requests.filter((r) => r.headers.traceparent !== traceparent).map((r) => `${r.method} ${r.path}`);
+      expect(untraced, "requests without the call's traceparent").toEqual([]);
+      const kinds = {
+        "create multipart upload": requests.filter((r) => r.method === "POST" && r.path.includes("?uploads")),
+        "upload part": requests.filter((r) => r.method === "PUT" && r.path.includes("partNumber=")),
+        "complete multipart upload": requests.filter((r) => r.method === "POST" && r.path.includes("uploadId=")),
+        "ranged GET": requests.filter((r) => r.method === "GET" && r.headers.range !== undefined),
+        "list objects": requests.filter((r) => r.method === "GET" && r.path.includes("list-type=2")),
+        HEAD: requests.filter((r) => r.method === "HEAD"),
+        DELETE: requests.filter((r) => r.method === "DELETE" && !r.path.includes("uploadId=")),
+        "list and abort uploads": requests.filter((r) => (r.method === "GET" && r.path.includes("?uploads")) || (r.method === "DELETE" && r.path.includes("uploadId="))),
+      };
+      for (const [kind, seen] of Object.entries(kinds)) expect(seen.length, kind).toBeGreaterThan(0);
+    } finally {
+      await relay.close();
+    }
   });
 });
 
