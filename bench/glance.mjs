@@ -36,7 +36,6 @@
  * failed; 130 interrupted.
  */
 import { spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { createReadStream, mkdirSync, readFileSync, readdirSync, rmSync, statSync, statfsSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { request } from "node:http";

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { startHashing } from "../../src/core/transfer/hashing.js";
@@ -114,8 +114,9 @@ describe("hashing", () => {
   });
 
   it("hashes more files at once than it has threads, each right, and goes on when some are aborted", async () => {
+    // Two jobs a file, at most two threads a core at work: this many files always queue.
     const files = await Promise.all(
-      Array.from({ length: 16 }, async (_, i) => {
+      Array.from({ length: 2 * availableParallelism() + 8 }, async (_, i) => {
         const name = path.join(dir, `many-${i}`);
         const data = randomBytes(256 * 1024 + i);
         await fs.writeFile(name, data);
