@@ -12,7 +12,8 @@
  * (`.NAME.tmp-<16 hex>`), which is fsynced and renamed over the target; any failure
  * or abort removes the temp file. Temp names are reserved: keys may not use them and
  * list() never shows them. adoptFile() renames a finished local file into the store
- * instead, when it lies on the same file system.
+ * instead, when it lies on the same file system; openFile() hands the host an object's open
+ * file, for reads into buffers it reuses.
  */
 import { randomBytes } from "node:crypto";
 import { constants, createReadStream, createWriteStream, type Stats } from "node:fs";
@@ -29,6 +30,7 @@ import {
   type ListOptions,
   type ObjectInfo,
   type ObjectPage,
+  type OpenFile,
   type ReadOptions,
   type StoreConfig,
   type StoreErrorKind,
@@ -137,29 +139,12 @@ class FileStore implements StoreInstance {
   }
 
   async read(key: string, options?: ReadOptions): Promise<Readable> {
-    const segments = checkKey(key);
     const range = options?.range;
     if (range !== undefined) checkRangeShape(range);
     const signal = options?.signal;
-    checkAborted(signal);
-
-    const notFound = () => new StoreError("not-found", `object ${JSON.stringify(key)} not found`);
-    const file = await this.locateExisting(key, segments);
-    if (file === undefined) throw notFound();
-
-    let handle: fs.FileHandle;
-    try {
-      // O_NOFOLLOW: `file` was resolved without links; refuse one swapped in since.
-      handle = await fs.open(file, constants.O_RDONLY | O_NOFOLLOW);
-    } catch (err) {
-      if (isMissing(err)) throw notFound();
-      if (errorCode(err) === "ELOOP") throw escapes(key);
-      throw storeError(err, `cannot read ${JSON.stringify(key)}`);
-    }
+    const { file, handle, stats } = await this.open(key, signal);
     let handOver = false;
     try {
-      const stats = await handle.stat();
-      if (!stats.isFile()) throw notFound();
       const size = stats.size;
       const offset = range?.offset ?? 0;
       const length = range?.length ?? size - offset;
@@ -175,6 +160,47 @@ class FileStore implements StoreInstance {
       return createReadStream(file, { fd: handle, start: offset, end: offset + length - 1, signal, highWaterMark: READ_CHUNK_BYTES });
     } finally {
       if (!handOver) await handle.close().catch(() => {});
+    }
+  }
+
+  async openFile(key: string, options?: CallOptions): Promise<OpenFile> {
+    const { handle, stats } = await this.open(key, options?.signal);
+    return {
+      info: info(key, stats),
+      read: async (buffer, position) => {
+        try {
+          return (await handle.read(buffer, 0, buffer.length, position)).bytesRead;
+        } catch (err) {
+          throw storeError(err, `cannot read ${JSON.stringify(key)}`);
+        }
+      },
+      close: () => handle.close(),
+    };
+  }
+
+  /** The object's file, opened for reading, with its stats; StoreError "not-found" if there is none. */
+  private async open(key: string, signal: AbortSignal | undefined): Promise<{ file: string; handle: fs.FileHandle; stats: Stats }> {
+    const segments = checkKey(key);
+    checkAborted(signal);
+    const notFound = () => new StoreError("not-found", `object ${JSON.stringify(key)} not found`);
+    const file = await this.locateExisting(key, segments);
+    if (file === undefined) throw notFound();
+    let handle: fs.FileHandle;
+    try {
+      // O_NOFOLLOW: `file` was resolved without links; refuse one swapped in since.
+      handle = await fs.open(file, constants.O_RDONLY | O_NOFOLLOW);
+    } catch (err) {
+      if (isMissing(err)) throw notFound();
+      if (errorCode(err) === "ELOOP") throw escapes(key);
+      throw storeError(err, `cannot read ${JSON.stringify(key)}`);
+    }
+    try {
+      const stats = await handle.stat();
+      if (!stats.isFile()) throw notFound();
+      return { file, handle, stats };
+    } catch (err) {
+      await handle.close().catch(() => {});
+      throw err;
     }
   }
 

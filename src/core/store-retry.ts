@@ -121,6 +121,24 @@ export function withRetries(
         if (adopted) observer.bytes("write", adopted.size);
         return adopted;
       }),
+    openFile:
+      instance.openFile &&
+      (async (key, options) => {
+        const file = await retry(`open ${key}`, options?.signal, () => instance.openFile!(key, options));
+        return (
+          file && {
+            info: file.info,
+            read: async (buffer, position) => {
+              const count = await file.read(buffer, position).catch((err: unknown) => {
+                throw failed(`read ${key}`, err);
+              });
+              observer.bytes("read", count);
+              return count;
+            },
+            close: () => file.close(),
+          }
+        );
+      }),
     presign: instance.presign && ((key, options) => retry(`presign ${key}`, undefined, () => instance.presign!(key, options))),
     close: instance.close && (() => instance.close!()),
   };

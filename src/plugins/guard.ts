@@ -7,6 +7,7 @@ import {
   isStoreError,
   type CallOptions,
   type ConverterDriver,
+  type OpenFile,
   type StoreDriver,
   type StoreInstance,
 } from "./plugin-api.js";
@@ -138,8 +139,35 @@ export function guardStore(guard: PluginGuard, instance: StoreInstance): StoreIn
       instance.adoptFile &&
       ((key, path, options) =>
         guarded(guard, "adoptFile", options?.signal, (signal) => instance.adoptFile!(key, path, withSignal(options, signal)), failure, guard.stallTimeoutMs)),
+    openFile:
+      instance.openFile &&
+      (async (key, options) => {
+        const file = await guarded(guard, "openFile", options?.signal, (signal) => instance.openFile!(key, withSignal(options, signal)));
+        return file && guardOpenFile(guard, file);
+      }),
     presign: instance.presign && ((key, options) => guarded(guard, "presign", undefined, () => instance.presign!(key, options))),
     close: instance.close && (() => guarded(guard, "close", undefined, () => instance.close!())),
+  };
+}
+
+/** Each read of an open file has the stall limit a stream's next chunk has, and must answer a count that fits the buffer. */
+function guardOpenFile(guard: PluginGuard, file: OpenFile): OpenFile {
+  return {
+    info: file.info,
+    read: (buffer, position) =>
+      guarded(
+        guard,
+        "read",
+        undefined,
+        async () => {
+          const count = await file.read(buffer, position);
+          if (!Number.isInteger(count) || count < 0 || count > buffer.length) throw new Error(`read answered ${count} bytes for a ${buffer.length}-byte buffer`);
+          return count;
+        },
+        failure,
+        guard.stallTimeoutMs,
+      ),
+    close: () => guarded(guard, "close", undefined, () => file.close()),
   };
 }
 

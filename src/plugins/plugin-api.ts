@@ -12,9 +12,9 @@ import type { Readable } from "node:stream";
 /**
  * The version of this contract. The host loads plugins of the same major version and
  * an equal or lower minor version. 1.1 added ConversionJob.maxOutputBytes and
- * CallOptions.traceContext; 1.2 added StoreInstance.adoptFile.
+ * CallOptions.traceContext; 1.2 added StoreInstance.adoptFile; 1.3 added StoreInstance.openFile.
  */
-export const PLUGIN_API_VERSION = "1.2";
+export const PLUGIN_API_VERSION = "1.3";
 
 /** What a store can do; the host never calls what a store does not advertise. */
 export interface StoreCapabilities {
@@ -106,6 +106,18 @@ export interface PresignedUrl {
   expireTime: Date;
 }
 
+/**
+ * An object opened for reads into the caller's buffers (see {@link StoreInstance.openFile}).
+ * It keeps reading the bytes it was opened on, even if the object is replaced meanwhile.
+ */
+export interface OpenFile {
+  /** The opened object's size and time. */
+  info: ObjectInfo;
+  /** Reads up to `buffer.length` bytes at `position` into `buffer`; resolves how many (0 at the end). */
+  read(buffer: Uint8Array, position: number): Promise<number>;
+  close(): Promise<void>;
+}
+
 /** One configured store, opened by a store plugin. */
 export interface StoreInstance {
   /** The object's size and time, or undefined when it does not exist. */
@@ -140,6 +152,15 @@ export interface StoreInstance {
    * @since 1.2
    */
   adoptFile?(key: string, path: string, options?: CallOptions): Promise<ObjectInfo | undefined>;
+  /**
+   * Opens the object for reads into buffers the host reuses, where the object is a local
+   * file: a stream's new buffer per chunk costs a GiB-sized download a garbage collection
+   * every few dozen MiB, and the host's downloads would run at half speed or less. Rejects
+   * with StoreError "not-found" like read(); resolves undefined when this object cannot be
+   * opened so, and the host reads it with read(). The caller closes it. Optional.
+   * @since 1.3
+   */
+  openFile?(key: string, options?: CallOptions): Promise<OpenFile | undefined>;
   /** A temporary URL; only for stores advertising presignGet or presignPut. */
   presign?(key: string, options: PresignOptions): Promise<PresignedUrl>;
   close?(): Promise<void>;

@@ -18,7 +18,7 @@ import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { ConfiguredStore } from "../core/stores.js";
 import { DATA_PATH_PREFIX, type UrlSigner } from "../core/signed-url.js";
-import { isStoreError, type ByteRange, type ObjectInfo } from "../plugins/plugin-api.js";
+import { isStoreError, type ByteRange, type ObjectInfo, type OpenFile, type StoreInstance } from "../plugins/plugin-api.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -186,43 +186,34 @@ export function createDataEndpoint(options: DataEndpointOptions): (req: Request,
     const instance = store.instance!;
     const abort = abortWhenClientLeaves(req, res);
     try {
+      // An open file keeps the bytes it was opened on: its info describes exactly what is sent.
+      const file = instance.openFile && (await openObject(instance.openFile.bind(instance), key, abort.signal));
+      if (file) {
+        try {
+          const answer = answerFor(req, store, file.info, head);
+          res.writeHead(answer.status, answer.headers);
+          if (head) return void res.end();
+          await sendFile(file, res, answer, abort.signal, (count) => (exchange.bytes += count));
+        } catch (err) {
+          if (!res.headersSent) throw err;
+          if (!abort.signal.aborted) logger.warn({ store: store.name, err: describe(err) }, "data read failed");
+          res.destroy();
+        } finally {
+          await file.close().catch(() => undefined);
+        }
+        return;
+      }
       for (let attempt = 1; ; attempt++) {
         const info = await statObject(instance.stat.bind(instance), key, abort.signal);
         if (info === undefined) throw new HttpError(404, "no such object");
-        const size = info.size;
-        const etag = etagOf(info);
-        const lastModified = info.modifiedTime;
-        const headers: Record<string, string> = {
-          "Content-Type": "application/octet-stream",
-          "Accept-Ranges": store.capabilities?.readRanges === false ? "none" : "bytes",
-          "Cache-Control": "private, no-cache",
-          "X-Content-Type-Options": "nosniff",
-        };
-        if (etag !== undefined) headers.ETag = etag;
-        if (lastModified !== undefined) headers["Last-Modified"] = lastModified.toUTCString();
-
-        // Range is defined for GET only (RFC 9110 14.2); HEAD answers as a plain GET would.
-        let range: { start: number; end: number } | undefined;
-        const rangeHeader = header(req, "range");
-        if (!head && rangeHeader !== undefined && store.capabilities?.readRanges !== false && ifRangeHolds(req, info, etag)) {
-          const parsed = parseRange(rangeHeader, size);
-          if (parsed === "unsatisfiable") {
-            throw new HttpError(416, "range not satisfiable", { "Content-Range": `bytes */${size}` });
-          }
-          range = parsed;
-        }
-        const start = range?.start ?? 0;
-        const length = range ? range.end - range.start + 1 : size;
-        if (range) headers["Content-Range"] = `bytes ${range.start}-${range.end}/${size}`;
-        headers["Content-Length"] = String(length);
-
+        const answer = answerFor(req, store, info, head);
         if (head) {
-          res.writeHead(200, headers);
+          res.writeHead(answer.status, answer.headers);
           res.end();
           return;
         }
 
-        const readRange: ByteRange = { offset: start, length };
+        const readRange: ByteRange = { offset: answer.start, length: answer.length };
         let stream: Readable;
         try {
           stream = await instance.read(key, { range: readRange, signal: abort.signal });
@@ -235,13 +226,13 @@ export function createDataEndpoint(options: DataEndpointOptions): (req: Request,
         // The object may have been replaced between the stat and the read; then the headers
         // would describe one object and the bytes come from another. Check, and start over.
         const again = await statObject(instance.stat.bind(instance), key, abort.signal).catch(() => undefined);
-        if (again === undefined || again.size !== size || etagOf(again) !== etag) {
+        if (again === undefined || again.size !== info.size || etagOf(again) !== etagOf(info)) {
           stream.destroy();
           if (attempt < READ_ATTEMPTS) continue;
           throw new HttpError(503, "object is changing, try again", { "Retry-After": "1" });
         }
 
-        res.writeHead(range ? 206 : 200, headers);
+        res.writeHead(answer.status, answer.headers);
         stream.on("data", (chunk: Uint8Array) => (exchange.bytes += chunk.length));
         try {
           await pipeline(stream, res as unknown as NodeJS.WritableStream, { signal: abort.signal });
@@ -256,6 +247,96 @@ export function createDataEndpoint(options: DataEndpointOptions): (req: Request,
     } finally {
       abort.done();
     }
+  }
+}
+
+/** What a GET or HEAD of the object answers: status, headers and the bytes to send. */
+interface Answer {
+  status: number;
+  headers: Record<string, string>;
+  start: number;
+  length: number;
+}
+
+function answerFor(req: Request, store: ConfiguredStore, info: ObjectInfo, head: boolean): Answer {
+  const size = info.size;
+  const etag = etagOf(info);
+  const headers: Record<string, string> = {
+    "Content-Type": "application/octet-stream",
+    "Accept-Ranges": store.capabilities?.readRanges === false ? "none" : "bytes",
+    "Cache-Control": "private, no-cache",
+    "X-Content-Type-Options": "nosniff",
+  };
+  if (etag !== undefined) headers.ETag = etag;
+  if (info.modifiedTime !== undefined) headers["Last-Modified"] = info.modifiedTime.toUTCString();
+
+  // Range is defined for GET only (RFC 9110 14.2); HEAD answers as a plain GET would.
+  let range: { start: number; end: number } | undefined;
+  const rangeHeader = header(req, "range");
+  if (!head && rangeHeader !== undefined && store.capabilities?.readRanges !== false && ifRangeHolds(req, info, etag)) {
+    const parsed = parseRange(rangeHeader, size);
+    if (parsed === "unsatisfiable") {
+      throw new HttpError(416, "range not satisfiable", { "Content-Range": `bytes */${size}` });
+    }
+    range = parsed;
+  }
+  if (range) headers["Content-Range"] = `bytes ${range.start}-${range.end}/${size}`;
+  const length = range ? range.end - range.start + 1 : size;
+  headers["Content-Length"] = String(length);
+  return { status: range ? 206 : 200, headers, start: range?.start ?? 0, length };
+}
+
+async function openObject(open: NonNullable<StoreInstance["openFile"]>, key: string, signal: AbortSignal): Promise<OpenFile | undefined> {
+  try {
+    return await open(key, { signal });
+  } catch (err) {
+    if (isStoreError(err) && err.kind === "not-found") throw new HttpError(404, "no such object");
+    throw storeHttpError(err);
+  }
+}
+
+/** Buffers one file download reads into and reuses: enough to keep the connection busy. */
+const SEND_BUFFERS = 4;
+const SEND_CHUNK_BYTES = 1024 * 1024;
+
+/**
+ * Sends the answer's bytes of an open file, reading into a few buffers that each go back to
+ * the pool once the connection has taken them (the write's callback), so a download
+ * allocates nothing per chunk. A new buffer per chunk made V8 collect garbage every ~30 MiB,
+ * and once the process had served gRPC streams those were full collections: 1 GiB then took
+ * 1.7 CPU-s instead of 0.5.
+ */
+async function sendFile(file: OpenFile, res: Response, answer: Answer, signal: AbortSignal, onBytes: (count: number) => void): Promise<void> {
+  const free = Array.from({ length: SEND_BUFFERS }, () => Buffer.allocUnsafeSlow(Math.min(SEND_CHUNK_BYTES, Math.max(answer.length, 1))));
+  // Both response kinds write so; TypeScript cannot call the union's overloads.
+  const write = res.write.bind(res) as (chunk: Uint8Array, callback: (err?: Error | null) => void) => boolean;
+  let failure: Error | undefined;
+  let wake: (() => void) | undefined;
+  const woken = () => {
+    const resume = wake;
+    wake = undefined;
+    resume?.();
+  };
+  signal.addEventListener("abort", woken);
+  try {
+    for (let position = answer.start, end = answer.start + answer.length; position < end; ) {
+      while (free.length === 0 && failure === undefined && !signal.aborted) await new Promise<void>((resolve) => (wake = resolve));
+      if (failure) throw failure;
+      signal.throwIfAborted();
+      const buffer = free.pop()!;
+      const count = await file.read(buffer.subarray(0, Math.min(buffer.length, end - position)), position);
+      if (count === 0) throw new Error(`the object ended ${end - position} bytes early`);
+      position += count;
+      onBytes(count);
+      write(buffer.subarray(0, count), (err) => {
+        if (err) failure ??= err;
+        free.push(buffer);
+        woken();
+      });
+    }
+    res.end();
+  } finally {
+    signal.removeEventListener("abort", woken);
   }
 }
 

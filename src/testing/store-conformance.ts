@@ -238,6 +238,49 @@ export function runStoreConformance(options: StoreConformanceOptions): void {
       });
     });
 
+    // openFile is an optional method, not a capability flag: only the opened instance tells,
+    // so a store without it reports these as skipped, with the reason.
+    describe("open files (openFile, where the store has it)", () => {
+      it("reads the object at any position into the caller's buffer, and 0 at the end", async (ctx) => {
+        if (!store.openFile) return ctx.skip("the store has no openFile");
+        const key = `${area()}opened`;
+        const source = generatedSource(MiB + 3, 4_099);
+        await store.write(key, source.chunks());
+        const file = await store.openFile(key);
+        if (!file) return ctx.skip("openFile answered undefined: the store reads this object with read()");
+        try {
+          expect(file.info).toMatchObject({ key, size: MiB + 3 });
+          const whole = Buffer.alloc(MiB + 3);
+          for (let at = 0; at < whole.length; ) at += await file.read(whole.subarray(at, at + 65_536), at);
+          expect(createHash("sha256").update(whole).digest("hex")).toBe(source.sha256());
+          const tail = Buffer.alloc(10);
+          expect(await file.read(tail, MiB)).toBe(3);
+          expect([...tail.subarray(0, 3)]).toEqual([...whole.subarray(MiB)]);
+          expect(await file.read(tail, MiB + 3)).toBe(0);
+        } finally {
+          await file.close();
+        }
+      });
+
+      it("rejects a missing object with not-found, and keeps reading the bytes it opened when the object is replaced", async (ctx) => {
+        if (!store.openFile) return ctx.skip("the store has no openFile");
+        const key = `${area()}replaced`;
+        await expectStoreError(store.openFile(key), "not-found");
+        await store.write(key, chunksOf("first version"));
+        const file = await store.openFile(key);
+        if (!file) return ctx.skip("openFile answered undefined: the store reads this object with read()");
+        try {
+          await store.write(key, chunksOf("second"));
+          const bytes = Buffer.alloc(32);
+          const count = await file.read(bytes, 0);
+          expect(bytes.subarray(0, count).toString()).toBe("first version");
+          expect(file.info.size).toBe(13);
+        } finally {
+          await file.close();
+        }
+      });
+    });
+
     if (capabilities.delete) describe("delete", () => {
       it("removes an object, and removing it again or a key never written succeeds", async () => {
         const prefix = area();

@@ -525,6 +525,62 @@ describe("downloads: ranges, HEAD and validators", () => {
   });
 });
 
+describe("downloads larger than the reused buffers", () => {
+  // The file store hands the endpoint open files, read into 4 buffers of 1 MiB that are reused
+  // as the connection takes them: a buffer reused too early would corrupt a slow client's bytes.
+  const key = "big/object.bin";
+  const data = randomBytes(9 * MiB + 5);
+
+  beforeAll(async () => {
+    expect((await send(big, "PUT", signed("PUT", key), { body: data })).status).toBe(201);
+  });
+
+  /** A GET over HTTP/1.1 by a client that stops for a moment after each chunk; `onChunk` sees the bytes so far. */
+  function slowGet(headers: http.OutgoingHttpHeaders, onChunk?: (received: number) => Promise<void>): Promise<Reply> {
+    return new Promise<Reply>((resolve, reject) => {
+      const req = http.get({ host: "127.0.0.1", port: big.port, path: signed("GET", key), headers, agent: false }, (res) => {
+        const parts: Buffer[] = [];
+        let received = 0;
+        res.on("data", (chunk: Buffer) => {
+          parts.push(chunk);
+          received += chunk.length;
+          res.pause();
+          void Promise.all([new Promise((r) => setTimeout(r, 2)), onChunk?.(received)]).then(() => res.resume(), reject);
+        });
+        res.on("end", () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts) }));
+        res.on("error", reject);
+      });
+      req.on("error", reject);
+    });
+  }
+
+  it("sends a slow reader every byte, whole and as a range across buffer boundaries", async () => {
+    const whole = await slowGet({});
+    expect(whole.status).toBe(200);
+    expect(sha256(whole.body)).toBe(sha256(data));
+    const ranged = await slowGet({ Range: `bytes=${MiB - 7}-${5 * MiB + 11}` });
+    expect(ranged.status).toBe(206);
+    expect(sha256(ranged.body)).toBe(sha256(data.subarray(MiB - 7, 5 * MiB + 12)));
+  });
+
+  it("sends the object it started with when the object is replaced mid-way, under that object's ETag", async () => {
+    const before = (await send(big, "HEAD", signed("GET", key))).headers.etag;
+    const replacement = randomBytes(3 * MiB);
+    let replaced = false;
+    const reply = await slowGet({}, async (received) => {
+      if (replaced || received < 2 * MiB) return;
+      replaced = true;
+      await new Promise((r) => setTimeout(r, 5)); // a new modification time, so a new ETag
+      expect((await send(big, "PUT", signed("PUT", key), { body: replacement })).status).toBe(201);
+    });
+    expect(replaced).toBe(true);
+    expect(reply.headers.etag).toBe(before);
+    expect(sha256(reply.body)).toBe(sha256(data));
+    expect((await send(big, "HEAD", signed("GET", key))).headers.etag).not.toBe(before);
+    expect((await send(big, "PUT", signed("PUT", key), { body: data })).status).toBe(201);
+  });
+});
+
 describe("other paths and methods", () => {
   it.each(["/", "/v1/data", "/v1/data/", "/v1/data/local", "/v1/data/local/", "/v1/other/local/x", "/imagetransfer.v1.AdminService/ListStores"])(
     "answers 404 to %s",

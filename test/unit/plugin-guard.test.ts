@@ -117,6 +117,24 @@ describe("plugin guard around a store", () => {
   });
 });
 
+describe("plugin guard around an open file", () => {
+  const opened = (read: (buffer: Uint8Array, position: number) => Promise<number>) =>
+    fakeStore({ openFile: async (key) => ({ info: { key, size: 10 }, read, close: async () => undefined }) });
+
+  it("refuses a read count that does not fit the buffer as the plugin's failure", async () => {
+    const guard = guardOf();
+    const file = (await guardStore(guard, opened(async (buffer) => buffer.length + 1)).openFile!("k"))!;
+    await expect(file.read(Buffer.alloc(8), 0)).rejects.toMatchObject({ reason: "PLUGIN_FAILED", message: 'plugin "store-x" failed in read: read answered 9 bytes for a 8-byte buffer' });
+    expect(guard.failures).toBe(1);
+  });
+
+  it("fails a read that does not answer within the stall limit", async () => {
+    const guard = guardOf({ stallTimeoutMs: 200 });
+    const file = (await guardStore(guard, opened(() => new Promise<number>(() => undefined))).openFile!("k"))!;
+    await expect(file.read(Buffer.alloc(8), 0)).rejects.toMatchObject({ reason: "PLUGIN_TIMEOUT" });
+  });
+});
+
 describe("plugin guard around a converter", () => {
   it("lets a conversion that reports no progress run on while its output grows, and cuts it once the output stops growing", async () => {
     const dir = await mkdtemp(join(tmpdir(), "itx-guard-"));

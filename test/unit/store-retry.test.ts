@@ -81,4 +81,28 @@ describe("store retries", () => {
     await expect(readAll(await withRetries("plain", store, false, fast).read("k"))).rejects.toMatchObject({ kind: "unavailable" });
     expect(reads).toHaveLength(1);
   });
+
+  it("counts the bytes of an open file's reads as the store's read traffic, and names the store when one fails", async () => {
+    let failing = false;
+    const counted: number[] = [];
+    const store: StoreInstance = {
+      ...flakyStore({}).store,
+      openFile: async (key) => ({
+        info: { key, size: data.length },
+        read: async (buffer, position) => {
+          if (failing) throw new StoreError("unavailable", "EIO");
+          return data.copy(buffer, 0, position, position + buffer.length);
+        },
+        close: async () => undefined,
+      }),
+    };
+    const observer = { bytes: (_direction: "read" | "write", count: number) => void counted.push(count), error() {} };
+    const file = (await withRetries("local", store, true, fast, observer).openFile!("k"))!;
+    const into = Buffer.alloc(4096);
+    expect(await file.read(into, 0)).toBe(4096);
+    expect(await file.read(into, 8192)).toBe(data.length - 8192);
+    expect(counted).toEqual([4096, data.length - 8192]);
+    failing = true;
+    await expect(file.read(into, 0)).rejects.toMatchObject({ kind: "unavailable", message: 'store "local": EIO' });
+  });
 });
