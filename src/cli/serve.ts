@@ -1,6 +1,10 @@
+import { setFlagsFromString } from "node:v8";
 import type { Command } from "commander";
 import { ConfigError, loadConfig } from "../config/config.js";
 import { createLogger } from "../logger.js";
+
+/** The old generation's limit after a full collection, as a growth over the live heap. */
+const HEAP_GROWING_PERCENT = 200;
 
 function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
@@ -51,6 +55,11 @@ export function registerServe(program: Command): void {
         throw err;
       }
       const logger = createLogger(config.logLevel, config.logFormat);
+      // Image bytes pass through in 1 MiB buffers that die young. After a full collection V8
+      // may give the ~25 MB heap left so little room that what scavenges promote starts the next
+      // full collection within a few dozen MiB, and stays there: gRPC downloads then cost 5
+      // CPU-s per GiB instead of 1.3. Growing the limit to at least 3x the live heap prevents it.
+      setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
       // Loaded here, not at the top: every other itx command starts without the server's modules.
       const { startService } = await import("../service.js");
       let service;
