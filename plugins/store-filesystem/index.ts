@@ -64,6 +64,7 @@ export default defineStorePlugin({
     presignGet: false,
     presignPut: false,
     maxObjectSize: 0,
+    openFile: true,
   },
   open: (config: StoreConfig) => FileStore.open(config),
 });

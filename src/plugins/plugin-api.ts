@@ -36,6 +36,8 @@ export interface StoreCapabilities {
    * store is only read from. Optional; absent means false.
    */
   uriKeys?: boolean;
+  /** Instances have openFile(): objects are local files the host may read into its own buffers. Optional; absent means false. @since 1.3 */
+  openFile?: boolean;
 }
 
 /** One stored object. Keys are relative to the store instance, without a leading slash. */
@@ -157,7 +159,8 @@ export interface StoreInstance {
    * file: a stream's new buffer per chunk costs a GiB-sized download a garbage collection
    * every few dozen MiB, and the host's downloads would run at half speed or less. Rejects
    * with StoreError "not-found" like read(); resolves undefined when this object cannot be
-   * opened so, and the host reads it with read(). The caller closes it. Optional.
+   * opened so, and the host reads it with read(). The caller closes it. Only for stores
+   * advertising the openFile capability.
    * @since 1.3
    */
   openFile?(key: string, options?: CallOptions): Promise<OpenFile | undefined>;

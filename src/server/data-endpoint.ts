@@ -187,7 +187,7 @@ export function createDataEndpoint(options: DataEndpointOptions): (req: Request,
     const abort = abortWhenClientLeaves(req, res);
     try {
       // An open file keeps the bytes it was opened on: its info describes exactly what is sent.
-      const file = instance.openFile && (await openObject(instance.openFile.bind(instance), key, abort.signal));
+      const file = store.capabilities?.openFile && instance.openFile && (await openObject(instance.openFile.bind(instance), key, abort.signal));
       if (file) {
         try {
           const answer = answerFor(req, store, file.info, head);

@@ -238,16 +238,14 @@ export function runStoreConformance(options: StoreConformanceOptions): void {
       });
     });
 
-    // openFile is an optional method, not a capability flag: only the opened instance tells,
-    // so a store without it reports these as skipped, with the reason.
-    describe("open files (openFile, where the store has it)", () => {
-      it("reads the object at any position into the caller's buffer, and 0 at the end", async (ctx) => {
-        if (!store.openFile) return ctx.skip("the store has no openFile");
+    if (capabilities.openFile) describe("open files", () => {
+      it("reads the object at any position into the caller's buffer, and 0 at the end", async () => {
         const key = `${area()}opened`;
         const source = generatedSource(MiB + 3, 4_099);
         await store.write(key, source.chunks());
-        const file = await store.openFile(key);
-        if (!file) return ctx.skip("openFile answered undefined: the store reads this object with read()");
+        expect(store.openFile, "a store advertising openFile must have openFile()").toBeTypeOf("function");
+        const file = (await store.openFile!(key))!;
+        expect(file, "openFile of a plain object written through write()").toBeDefined();
         try {
           expect(file.info).toMatchObject({ key, size: MiB + 3 });
           const whole = Buffer.alloc(MiB + 3);
@@ -262,13 +260,12 @@ export function runStoreConformance(options: StoreConformanceOptions): void {
         }
       });
 
-      it("rejects a missing object with not-found, and keeps reading the bytes it opened when the object is replaced", async (ctx) => {
-        if (!store.openFile) return ctx.skip("the store has no openFile");
+      it("rejects a missing object with not-found, and keeps reading the bytes it opened when the object is replaced", async () => {
         const key = `${area()}replaced`;
-        await expectStoreError(store.openFile(key), "not-found");
+        await expectStoreError(store.openFile!(key), "not-found");
         await store.write(key, chunksOf("first version"));
-        const file = await store.openFile(key);
-        if (!file) return ctx.skip("openFile answered undefined: the store reads this object with read()");
+        const file = (await store.openFile!(key))!;
+        expect(file, "openFile of a plain object written through write()").toBeDefined();
         try {
           await store.write(key, chunksOf("second"));
           const bytes = Buffer.alloc(32);

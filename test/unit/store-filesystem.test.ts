@@ -93,8 +93,10 @@ describe("plugin definition", () => {
       presignGet: false,
       presignPut: false,
       maxObjectSize: 0,
+      openFile: true,
     });
     expect(store.presign).toBeUndefined();
+    expect(store.openFile).toBeTypeOf("function");
   });
 });
 
