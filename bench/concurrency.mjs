@@ -35,7 +35,7 @@ import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { BuildError, ensureBuilt } from "../scripts/ensure-built.mjs";
-import { BenchError, clientsFor, cpuSeconds, loadApi, machineInfo, median, MiB, mib, parseBenchArgs, run, say, seconds, setWorkRoot, sizeLabel, startServer, summarize, targetMet, tmpDirOption, writeRawDisk } from "./common.mjs";
+import { BenchError, clientsFor, cpuSeconds, loadApi, machineInfo, median, MiB, mib, parseBenchArgs, run, say, seconds, setWorkRoot, sizeLabel, startServer, summarize, targetMet, tmpDirOption, warmMemory, writeRawDisk } from "./common.mjs";
 
 const LEVELS = [1, 2, 4];
 const TARGET_RATIO = 1.6;
@@ -113,6 +113,7 @@ let opts;
 async function main() {
   opts = parseArgs();
   await ensureBuilt({ log: say });
+  await warmMemory();
   const work = await mkdtemp(join(opts.tmpDir, "itx-bench-b6-"));
   setWorkRoot(work);
   const bytes = opts.sizeMib * MiB;

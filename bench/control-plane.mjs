@@ -65,6 +65,7 @@ import {
   summarize,
   targetMet,
   tmpDirOption,
+  warmMemory,
 } from "./common.mjs";
 
 const TARGET_EMBEDDED = 1000;
@@ -299,6 +300,7 @@ let opts;
 async function main() {
   opts = parseArgs();
   await ensureBuilt({ log: say });
+  await warmMemory();
   const work = await mkdtemp(join(opts.tmpDir, "itx-bench-b5-"));
   setWorkRoot(work);
   const plugins = await stageBenchPlugins(work, ["noop-store", "noop-converter"]);

@@ -47,7 +47,7 @@ import { loadavg } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { BuildError, cliPath, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
-import { BenchError, clientsFor, cpuSeconds, loadApi, median, MiB, parseBenchArgs, run, say, setWorkRoot, signalChild, sizeLabel, sleep, startServer, stopServer, tmpDirOption, track, writeRawDisk } from "./common.mjs";
+import { BenchError, clientsFor, cpuSeconds, loadApi, median, MiB, parseBenchArgs, run, say, setWorkRoot, signalChild, sizeLabel, sleep, startServer, stopServer, tmpDirOption, track, warmMemory, writeRawDisk } from "./common.mjs";
 
 setFlagsFromString("--heap-growing-percent=200");
 
@@ -403,6 +403,7 @@ async function main(opts) {
   const free = Number(fsStats.bavail) * Number(fsStats.bsize);
   if (free < 2.2 * opts.sizeMib * MiB) throw new BenchError(`only ${Math.round(free / MiB)} MiB free in ${opts.tmpDir}; need ${Math.ceil(2.2 * opts.sizeMib)} MiB`);
   await ensureBuilt({ log: say });
+  await warmMemory();
 
   const workRoot = await mkdtemp(join(resolve(opts.tmpDir), "itx-bench-download-"));
   setWorkRoot(workRoot);

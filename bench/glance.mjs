@@ -42,7 +42,7 @@ import { request } from "node:http";
 import { cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { BenchError, GiB, median, memoryOf, MiB, mib, parseBenchArgs, run, SAMPLE_MS, say, seconds, setWorkRoot, sha512File, sizeLabel, sleep, tmpDirOption, writeRawDisk } from "./common.mjs";
+import { BenchError, GiB, median, memoryOf, MiB, mib, parseBenchArgs, run, SAMPLE_MS, say, seconds, setWorkRoot, sha512File, sizeLabel, sleep, tmpDirOption, warmMemory, writeRawDisk } from "./common.mjs";
 
 const repoRoot = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const glanceScript = join(repoRoot, "scripts/glance.sh");
@@ -272,6 +272,7 @@ async function main(opts) {
   // The qcow2 and the baseline's raw here; the staged qcow2, its raw conversion and the stored image in Glance's state dir.
   const needed = 3 * opts.sizeMib * MiB + GiB;
   if (free < needed) throw new BenchError(`only ${(free / GiB).toFixed(1)} GiB free in ${opts.tmpDir}; this benchmark needs ${(needed / GiB).toFixed(1)} GiB`);
+  await warmMemory();
 
   let base;
   try {

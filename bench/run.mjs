@@ -45,7 +45,7 @@ import { mkdtemp } from "node:fs/promises";
 import { loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { BuildError, cliPath, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
-import { BenchError, clientsFor, GiB, loadApi, median, memoryOf, MiB, mib, parseBenchArgs, run, SAMPLE_MS, sampleRss, say, seconds, setWorkRoot, sha512File, sizeLabel, sleep, startServer, summarize, targetMet, tmpDirOption, writeRawDisk } from "./common.mjs";
+import { BenchError, clientsFor, GiB, loadApi, median, memoryOf, MiB, mib, parseBenchArgs, run, SAMPLE_MS, sampleRss, say, seconds, setWorkRoot, sha512File, sizeLabel, sleep, startServer, summarize, targetMet, tmpDirOption, warmMemory, writeRawDisk } from "./common.mjs";
 
 const RSS_LIMIT_MIB = 300;
 /** B1: within 1.25x the baseline's time, i.e. baseline/product >= 0.8. */
@@ -331,6 +331,7 @@ async function main() {
   }
 
   await ensureBuilt({ log: say });
+  await warmMemory();
   const via = opts.via === "auto" ? (cliHasImport() ? "cli" : "rpc") : opts.via;
   if (via === "cli" && !cliHasImport()) throw new BenchError("--via cli: the built CLI has no `itx import ... --wait` command");
 

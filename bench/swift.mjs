@@ -46,7 +46,7 @@ import { join, resolve } from "node:path";
 import { BuildError, ensureBuilt, repoRoot } from "../scripts/ensure-built.mjs";
 import {
   BenchError, clientsFor, cpuSeconds, freePort, GiB, loadApi, machineInfo, median, memoryOf, MiB, mib, parseBenchArgs, run, sampleRss, say, seconds, setWorkRoot, sizeLabel,
-  startServer, summarize, targetMet, tmpDirOption, writeRawDisk,
+  startServer, summarize, targetMet, tmpDirOption, warmMemory, writeRawDisk,
 } from "./common.mjs";
 
 const RSS_LIMIT_MIB = 300;
@@ -165,6 +165,7 @@ function stagesBetween(before, after) {
 
 async function main(opts) {
   await ensureBuilt();
+  await warmMemory();
   const workRoot = await mkdtemp(join(resolve(opts.tmpDir), "itx-bench-swift-"));
   setWorkRoot(workRoot);
   const need = (opts.skipBig ? 3 * opts.sizeMib : 3 * opts.bigSizeMib) * MiB;
