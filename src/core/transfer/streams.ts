@@ -68,11 +68,6 @@ function isZero(chunk: Buffer): boolean {
   return true;
 }
 
-/**
- * Writes a stream to a new file, leaving chunks of zeros as holes. Images are often half
- * zeros: a hole costs no disk, no page cache (writing fresh page-cache pages costs up to 3 s
- * per GiB on a VM whose idle memory the host reclaims), and qemu-img skips it when it reads.
- */
 /** writev until every byte is written: a write may take fewer bytes than it was given. */
 function writeAll(fd: number, buffers: Buffer[], position: number, callback: (error: Error | null) => void): void {
   writev(fd, buffers, position, (err, written) => {
@@ -91,6 +86,11 @@ function writeAll(fd: number, buffers: Buffer[], position: number, callback: (er
   });
 }
 
+/**
+ * Writes a stream to a new file, leaving chunks of zeros as holes. Images are often half
+ * zeros: a hole costs no disk, no page cache (writing fresh page-cache pages costs up to 3 s
+ * per GiB on a VM whose idle memory the host reclaims), and qemu-img skips it when it reads.
+ */
 class SparseFileWriter extends Writable {
   private fd = -1;
   private position = 0;
