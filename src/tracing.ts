@@ -184,6 +184,7 @@ export function traceStore(store: string, instance: StoreInstance): StoreInstanc
     list: (options) => call("list", undefined, options, (o) => instance.list(o)),
     removePartialWrites: instance.removePartialWrites?.bind(instance),
     adoptFile: instance.adoptFile && ((key, path, options) => call("adoptFile", key, options, (o) => instance.adoptFile!(key, path, o))),
+    linkFile: instance.linkFile && ((key, path, options) => call("linkFile", key, options, (o) => instance.linkFile!(key, path, o))),
     openFile: instance.openFile && ((key, options) => call("openFile", key, options, (o) => instance.openFile!(key, o))),
     presign: instance.presign?.bind(instance),
     close: instance.close?.bind(instance),

@@ -1,6 +1,7 @@
 /**
  * The built-in qemu-img converter: converts between raw, qcow2, vmdk, vhd, vhdx (and reads
- * vdi and iso) by running `qemu-img convert`, and describes images with `qemu-img info`.
+ * vdi and iso) by running `qemu-img convert`, describes images with `qemu-img info`, and
+ * finds a file's holes with `qemu-img map`.
  * qemu-img comes from Debian's qemu-utils package.
  *
  * qemu-img always runs from an argument array (never a shell), is always told the format
@@ -29,6 +30,7 @@ import {
   defineConverterPlugin,
   type CallOptions,
   type ConversionJob,
+  type FileRange,
   type FormatName,
   type ImageDescription,
   type RegistrationContext,
@@ -74,6 +76,7 @@ export default defineConverterPlugin({
   convert,
   describe,
   measure,
+  findHoles,
 });
 
 async function setup(context: RegistrationContext): Promise<void> {
@@ -171,6 +174,34 @@ async function measure(file: string, from: FormatName, to: FormatName, options?:
   });
   const required = (JSON.parse(stdout) as { required?: unknown }).required;
   return typeof required === "number" && Number.isSafeInteger(required) ? required : undefined;
+}
+
+/**
+ * `qemu-img map` of the file read as raw: the extents that are zero and hold no data are the
+ * file system's holes (qemu asks it with SEEK_DATA/SEEK_HOLE), whatever format the file is in.
+ */
+async function findHoles(file: string, options?: CallOptions): Promise<FileRange[]> {
+  const stdout = await runQemuImg("map", ["map", "--output=json", "-f", "raw", path.resolve(file)], {
+    signal: options?.signal,
+    collectStdout: true,
+    limits: HEADER_LIMITS,
+  });
+  const holes: FileRange[] = [];
+  for (const extent of JSON.parse(stdout) as QemuImgExtent[]) {
+    if (extent.data !== false || extent.zero !== true) continue;
+    const last = holes.at(-1);
+    if (last && last.offset + last.length === extent.start) last.length += extent.length;
+    else holes.push({ offset: extent.start, length: extent.length });
+  }
+  return holes;
+}
+
+/** One entry of `qemu-img map --output=json`. */
+interface QemuImgExtent {
+  start: number;
+  length: number;
+  data: boolean;
+  zero: boolean;
 }
 
 /** The parts of `qemu-img info --output=json` we read. */

@@ -12,8 +12,10 @@
  * (`.NAME.tmp-<16 hex>`), which is fsynced and renamed over the target; any failure
  * or abort removes the temp file. Temp names are reserved: keys may not use them and
  * list() never shows them. adoptFile() renames a finished local file into the store
- * instead, when it lies on the same file system; openFile() hands the host an object's open
- * file, for reads into buffers it reuses.
+ * instead, when it lies on the same file system, and linkFile() gives an object a second name
+ * outside the store there (a hard link; objects are never changed in place, so the link keeps
+ * the bytes it was made with); openFile() hands the host an object's open file, for reads into
+ * buffers it reuses.
  */
 import { randomBytes } from "node:crypto";
 import { constants, createReadStream, createWriteStream, type Stats } from "node:fs";
@@ -177,6 +179,31 @@ class FileStore implements StoreInstance {
       },
       close: () => handle.close(),
     };
+  }
+
+  /**
+   * A hard link to the object at `target`, where that is on the root's file system and links
+   * are allowed (undefined otherwise). The link must turn out to be the file that was opened:
+   * anything else (an object swapped for a symbolic link meanwhile) is removed again, and the
+   * host reads the object instead.
+   */
+  async linkFile(key: string, target: string, options?: CallOptions): Promise<ObjectInfo | undefined> {
+    const { file, handle, stats } = await this.open(key, options?.signal);
+    try {
+      if (stats.dev !== (await fs.stat(path.dirname(target))).dev) return undefined;
+      await fs.link(file, target);
+    } catch (err) {
+      // EXDEV: another mount of the same file system; EPERM: protected_hardlinks.
+      if (errorCode(err) === "EXDEV" || errorCode(err) === "EPERM") return undefined;
+      if (isMissing(err)) throw new StoreError("not-found", `object ${JSON.stringify(key)} not found`);
+      throw storeError(err, `cannot link ${JSON.stringify(key)}`);
+    } finally {
+      await handle.close().catch(() => {});
+    }
+    const linked = await fs.lstat(target).catch(() => undefined);
+    if (linked?.isFile() && linked.ino === stats.ino && linked.dev === stats.dev) return info(key, stats);
+    await fs.rm(target, { force: true }).catch(() => {});
+    return undefined;
   }
 
   /** The object's file, opened for reading, with its stats; StoreError "not-found" if there is none. */

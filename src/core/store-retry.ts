@@ -121,6 +121,16 @@ export function withRetries(
         if (adopted) observer.bytes("write", adopted.size);
         return adopted;
       }),
+    linkFile:
+      instance.linkFile &&
+      (async (key, path, options) => {
+        const linked = await instance.linkFile!(key, path, options).catch((err: unknown) => {
+          throw failed(`link ${key}`, err);
+        });
+        // Read without a copy, but read all the same: the traffic metric counts it.
+        if (linked) observer.bytes("read", linked.size);
+        return linked;
+      }),
     openFile:
       instance.openFile &&
       (async (key, options) => {

@@ -15,7 +15,7 @@ import {
 /** How long plugin calls may take, and whom to tell when a plugin misbehaves. */
 export interface PluginGuard {
   pluginId: string;
-  /** Limit of calls that should be short: stat, delete, list, presign, open, describe, measure, opening a read. */
+  /** Limit of calls that should be short: stat, delete, list, presign, open, describe, measure, findHoles, opening a read. */
   callTimeoutMs: number;
   /** Limit of a stall inside a long call: no bytes from a read, no chunk taken by a write, a convert neither reporting progress nor growing its output. */
   stallTimeoutMs: number;
@@ -139,6 +139,9 @@ export function guardStore(guard: PluginGuard, instance: StoreInstance): StoreIn
       instance.adoptFile &&
       ((key, path, options) =>
         guarded(guard, "adoptFile", options?.signal, (signal) => instance.adoptFile!(key, path, withSignal(options, signal)), failure, guard.stallTimeoutMs)),
+    linkFile:
+      instance.linkFile &&
+      ((key, path, options) => guarded(guard, "linkFile", options?.signal, (signal) => instance.linkFile!(key, path, withSignal(options, signal)))),
     openFile:
       instance.openFile &&
       (async (key, options) => {
@@ -261,7 +264,7 @@ async function guardWrite(
 }
 
 /**
- * A converter whose calls cannot hurt the host: describe and measure are short calls;
+ * A converter whose calls cannot hurt the host: describe, measure and findHoles are short calls;
  * a conversion may run for as long as it keeps reporting progress or growing its output.
  */
 export function guardConverter(guard: PluginGuard, driver: ConverterDriver): ConverterDriver {
@@ -312,5 +315,8 @@ export function guardConverter(guard: PluginGuard, driver: ConverterDriver): Con
       driver.measure &&
       ((path, from, to, options) =>
         guarded(guard, "measure", options?.signal, (signal) => driver.measure!(path, from, to, { ...options, signal }), converterFailure)),
+    findHoles:
+      driver.findHoles &&
+      ((path, options) => guarded(guard, "findHoles", options?.signal, (signal) => driver.findHoles!(path, { ...options, signal }), converterFailure)),
   };
 }

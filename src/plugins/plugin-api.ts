@@ -12,9 +12,10 @@ import type { Readable } from "node:stream";
 /**
  * The version of this contract. The host loads plugins of the same major version and
  * an equal or lower minor version. 1.1 added ConversionJob.maxOutputBytes and
- * CallOptions.traceContext; 1.2 added StoreInstance.adoptFile; 1.3 added StoreInstance.openFile.
+ * CallOptions.traceContext; 1.2 added StoreInstance.adoptFile; 1.3 added StoreInstance.openFile;
+ * 1.4 added ConverterDriver.findHoles and StoreInstance.linkFile.
  */
-export const PLUGIN_API_VERSION = "1.3";
+export const PLUGIN_API_VERSION = "1.4";
 
 /** What a store can do; the host never calls what a store does not advertise. */
 export interface StoreCapabilities {
@@ -164,6 +165,17 @@ export interface StoreInstance {
    * @since 1.3
    */
   openFile?(key: string, options?: CallOptions): Promise<OpenFile | undefined>;
+  /**
+   * Gives the object a second name, `path`, a new local file of the host's, without copying its
+   * bytes, where the store can: a file store whose root is on the same file system makes a hard
+   * link. The host then reads its work copy of an object (an import's staged upload) without
+   * writing it again. Only for stores that never change an object's bytes in place (a file store
+   * replaces an object by rename), or the host's copy would change with it. Rejects with
+   * StoreError "not-found" like read(); resolves undefined when it cannot, creating nothing, and
+   * the host copies the object with read(). Optional.
+   * @since 1.4
+   */
+  linkFile?(key: string, path: string, options?: CallOptions): Promise<ObjectInfo | undefined>;
   /** A temporary URL; only for stores advertising presignGet or presignPut. */
   presign?(key: string, options: PresignOptions): Promise<PresignedUrl>;
   close?(): Promise<void>;
@@ -234,6 +246,22 @@ export interface ConverterDriver {
   describe?(path: string, format: FormatName, options?: CallOptions): Promise<ImageDescription>;
   /** Bytes the conversion's output will take, known before converting; undefined when the converter cannot tell. */
   measure?(path: string, from: FormatName, to: FormatName, options?: CallOptions): Promise<number | undefined>;
+  /**
+   * The holes of a local file, whatever its format: the ranges that hold no data and read as
+   * zeros, as the file system reports them (SEEK_HOLE; `qemu-img map`), found without reading
+   * them, ascending and not overlapping. The host hashes holes from zeros instead of reading
+   * them: reading a hole still fills the page cache with zeros, which on a half-empty disk is
+   * half the work of hashing it. Report only what the file system says is a hole: a range
+   * that holds data would make the recorded hash wrong. Optional.
+   * @since 1.4
+   */
+  findHoles?(path: string, options?: CallOptions): Promise<FileRange[]>;
+}
+
+/** A run of bytes of a local file. */
+export interface FileRange {
+  offset: number;
+  length: number;
 }
 
 /** Where a plugin's log lines go; they carry the plugin's id. */

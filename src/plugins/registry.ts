@@ -71,6 +71,12 @@ export class PluginRegistry {
     return found?.driver.describe?.bind(found.driver);
   }
 
+  /** A converter's findHoles(), from the last-loaded converter that has one. */
+  holeFinder(): ConverterDriver["findHoles"] | undefined {
+    const found = this.converters.findLast(({ driver }) => driver.findHoles);
+    return found?.driver.findHoles?.bind(found.driver);
+  }
+
   /** A converter's measure(), from the converter that handles the pair, if it can measure. */
   measurerFor(from: string, to: string): ConverterDriver["measure"] | undefined {
     const converter = this.converterFor(from, to);

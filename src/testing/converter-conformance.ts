@@ -46,7 +46,7 @@ const MiB = 1024 * 1024;
 
 /**
  * Declares the conformance suites for one converter plugin: every (from, to) pair converted
- * and verified, progress, cancellation, and describe() when the converter has it.
+ * and verified, progress, cancellation, and describe() and findHoles() when the converter has them.
  */
 export function runConverterConformance(options: ConverterConformanceOptions): void {
   const imageBytes = options.imageBytes ?? 4 * MiB;
@@ -134,6 +134,35 @@ export function runConverterConformance(options: ConverterConformanceOptions): v
           expect(description.backingFile).toBeUndefined();
           expect(description.dataFile).toBeUndefined();
           expect(description.externalFiles ?? []).toEqual([]);
+        });
+      });
+    }
+
+    if (driver.findHoles) {
+      const findHoles = driver.findHoles.bind(driver);
+      describe("findHoles()", () => {
+        it("finds a sparse file's holes and never calls data a hole", async () => {
+          // 1 MiB of data, a 3 MiB hole, 64 KiB of data, a 2 MiB hole to the end.
+          const file = path.join(work, "sparse");
+          const handle = await fs.open(file, "w");
+          await handle.write(Buffer.alloc(MiB, 0xa5), 0, MiB, 0);
+          await handle.write(Buffer.alloc(64 * 1024, 0x5a), 0, 64 * 1024, 4 * MiB);
+          await handle.truncate(4 * MiB + 64 * 1024 + 2 * MiB);
+          await handle.close();
+          const holes = await findHoles(file);
+          const found = (from: number, to: number) => holes.some((h) => h.offset <= from && h.offset + h.length >= to);
+          expect(found(MiB, 4 * MiB), "the 3 MiB hole").toBe(true);
+          expect(found(4 * MiB + 64 * 1024, 6 * MiB + 64 * 1024), "the hole at the end").toBe(true);
+          const data = [[0, MiB], [4 * MiB, 4 * MiB + 64 * 1024]] as const;
+          for (const hole of holes) {
+            for (const [start, end] of data) expect(hole.offset >= end || hole.offset + hole.length <= start, `${JSON.stringify(hole)} covers data`).toBe(true);
+          }
+        });
+
+        it("finds none in a file without holes", async () => {
+          const file = path.join(work, "dense");
+          await fs.writeFile(file, Buffer.alloc(2 * MiB, 1));
+          expect(await findHoles(file)).toEqual([]);
         });
       });
     }

@@ -98,8 +98,9 @@ describe("tracing", () => {
     expect(stages).toEqual(expect.arrayContaining(["fetching", "inspecting", "storing"]));
 
     const storeCalls = inTrace.filter((s) => s.name.startsWith("store.") && s.kind === 3); // CLIENT
-    // The converted image goes into the filesystem store by rename (adoptFile), not by a write.
-    expect(storeCalls.map((s) => s.name)).toEqual(expect.arrayContaining(["store.stat", "store.read", "store.adoptFile"]));
+    // The staged upload comes into the work dir as a hard link (linkFile), not by a read, and the
+    // converted image goes into the filesystem store by rename (adoptFile), not by a write.
+    expect(storeCalls.map((s) => s.name)).toEqual(expect.arrayContaining(["store.stat", "store.linkFile", "store.adoptFile"]));
     expect(storeCalls.every((s) => attribute(s, "store.name") === "local")).toBe(true);
   });
 

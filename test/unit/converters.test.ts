@@ -399,3 +399,21 @@ describe("converter-passthrough", () => {
     expect(progress).toEqual([]);
   });
 });
+
+describe("converter-qemu-img findHoles", () => {
+  it("finds the holes qemu-img leaves where a converted disk is zero, one range per run", async () => {
+    const qcow2 = path.join(dir, "holes.qcow2");
+    const raw = path.join(dir, "holes.raw");
+    await qemu.convert({ from: "raw", to: "qcow2", inputPath: rawFile, outputPath: qcow2 });
+    await qemu.convert({ from: "qcow2", to: "raw", inputPath: qcow2, outputPath: raw });
+    // The source's second half is zeros: the raw output leaves it unwritten.
+    expect(await qemu.findHoles!(raw)).toEqual([{ offset: RAW_SIZE / 2, length: RAW_SIZE / 2 }]);
+    // rawFile itself was written in full, zeros too.
+    expect(await qemu.findHoles!(rawFile)).toEqual([]);
+  });
+
+  it("honours an aborted signal", async () => {
+    const err = await rejection(qemu.findHoles!(rawFile, { signal: AbortSignal.abort() }));
+    expect(err.name).toBe("AbortError");
+  });
+});

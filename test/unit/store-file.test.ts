@@ -100,6 +100,32 @@ describe("hashing", () => {
     expect(seen.at(-1)).toBe(bytes.length);
   });
 
+  it("takes the holes it is told of as zeros without reading them, and notices one past the end", async () => {
+    // A sparse file: data, a hole, data, a hole to the end.
+    const data = [randomBytes(1024 * 1024 + 5), randomBytes(70_000)];
+    await fs.writeFile(file, data[0]!);
+    const handle = await fs.open(file, "r+");
+    await handle.write(data[1]!, 0, data[1]!.length, 3 * 1024 * 1024);
+    await handle.truncate(5 * 1024 * 1024);
+    await handle.close();
+    const contents = await fs.readFile(file);
+    const holes = [
+      { offset: data[0]!.length, length: 3 * 1024 * 1024 - data[0]!.length },
+      { offset: 3 * 1024 * 1024 + 70_000, length: 2 * 1024 * 1024 - 70_000 },
+    ];
+    const seen: number[] = [];
+    const result = await hashFile(file, ["md5", "sha512"], { signal: signal(), holes, onBytes: (done) => seen.push(done) });
+    expect(result).toEqual({ size: contents.length, digests: { md5: digest("md5", contents), sha512: digest("sha512", contents) } });
+    expect(seen.at(-1)).toBe(contents.length);
+    // What a hole holds is never read: told that data is a hole, the hash takes zeros there.
+    const told = { offset: 1000, length: 5000 };
+    const asZeros = Buffer.from(contents);
+    asZeros.fill(0, told.offset, told.offset + told.length);
+    expect((await hashFile(file, ["sha512"], { signal: signal(), holes: [told, ...holes] })).digests.sha512).toBe(digest("sha512", asZeros));
+    // A hole beyond the end would hash bytes the file does not have.
+    await expect(hashFile(file, ["sha512"], { signal: signal(), holes: [{ offset: contents.length - 10, length: 20 }] })).rejects.toThrow(/changed size/);
+  });
+
   it("hashes an empty file", async () => {
     await fs.writeFile(file, "");
     const result = await hashFile(file, ["sha512"], { signal: signal() });

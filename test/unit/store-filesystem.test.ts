@@ -484,6 +484,46 @@ describe("keys cannot escape the root", () => {
   });
 });
 
+describe("linkFile", () => {
+  it("gives an object a second name outside the store that keeps its bytes when the object is replaced", async () => {
+    await store.write("uploads/u1", chunks("staged bytes"));
+    const work = path.join(dataDir, "work");
+    await fs.mkdir(work);
+    const file = path.join(work, "upload");
+    expect(await store.linkFile!("uploads/u1", file)).toMatchObject({ key: "uploads/u1", size: 12 });
+    expect(await fs.readFile(file, "utf8")).toBe("staged bytes");
+    const [linked, object] = await Promise.all([fs.stat(file), fs.stat(path.join(root, "uploads/u1"))]);
+    expect(linked.ino, "a hard link, no copy").toBe(object.ino);
+    // Objects are replaced by rename and removed by unlink: the host's name keeps what it linked.
+    await store.write("uploads/u1", chunks("replaced"));
+    expect(await fs.readFile(file, "utf8")).toBe("staged bytes");
+    await store.delete("uploads/u1");
+    expect(await fs.readFile(file, "utf8")).toBe("staged bytes");
+  });
+
+  it("declines a target on another file system, creating nothing", async () => {
+    await store.write("obj", chunks("bytes"));
+    const elsewhere = await fs.mkdtemp("/dev/shm/itx-link-");
+    try {
+      expect((await fs.stat(elsewhere)).dev, "the test needs /dev/shm on another file system").not.toBe((await fs.stat(root)).dev);
+      expect(await store.linkFile!("obj", path.join(elsewhere, "copy"))).toBeUndefined();
+      expect(await fs.readdir(elsewhere)).toEqual([]);
+    } finally {
+      await fs.rm(elsewhere, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses missing objects, bad keys and links out of the root, creating nothing", async () => {
+    const target = path.join(base, "linked");
+    await storeErrorOf(store.linkFile!("missing", target), "not-found");
+    await storeErrorOf(store.linkFile!("../escape", target), "invalid");
+    await fs.writeFile(path.join(base, "secret"), "outside");
+    await fs.symlink(path.join(base, "secret"), path.join(root, "sneaky"));
+    await storeErrorOf(store.linkFile!("sneaky", target), "invalid");
+    await expect(fs.lstat(target)).rejects.toMatchObject({ code: "ENOENT" });
+  });
+});
+
 describe("adoptFile", () => {
   it("moves a local file into the store under its key, without leaving the original or a temp file", async () => {
     const work = path.join(dataDir, "work");

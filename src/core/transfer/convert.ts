@@ -1,5 +1,5 @@
-import { rename } from "node:fs/promises";
-import type { ConversionJob, ImageDescription } from "../../plugins/plugin-api.js";
+import { rename, stat } from "node:fs/promises";
+import type { ConversionJob, FileRange, ImageDescription } from "../../plugins/plugin-api.js";
 import type { TransferEnvironment } from "./environment.js";
 import { isPluginFailure } from "../../plugins/guard.js";
 import { taskFailure } from "./failure.js";
@@ -82,6 +82,37 @@ export async function measureConversion(
     if (isPluginFailure(err)) throw err;
     throw taskFailure("INVALID_IMAGE", `the ${from} image cannot be measured: ${withoutPaths((err as Error).message, [path])}`, err);
   }
+}
+
+/**
+ * The holes of a local file, from a converter that can find them, for hashing without reading
+ * them. None when no converter can, when it fails, or when what it reports cannot be this
+ * file's holes: the file is then read in full, which is slower but never wrong.
+ */
+export async function findHoles(env: TransferEnvironment, path: string, signal: AbortSignal): Promise<FileRange[]> {
+  const finder = env.plugins.holeFinder();
+  if (!finder) return [];
+  try {
+    const [holes, { size }] = await Promise.all([finder(path, { signal }), stat(path)]);
+    if (areHoles(holes, size)) return holes;
+    env.logger.warn({ size }, "a converter's findHoles() reported ranges that are not holes of the file; hashing reads all of it");
+  } catch (err) {
+    signal.throwIfAborted();
+    env.logger.warn({ err: String(err) }, "could not find the file's holes; hashing reads all of it");
+  }
+  return [];
+}
+
+/** Ascending, not overlapping, not empty, inside the file. */
+function areHoles(holes: unknown, size: number): holes is FileRange[] {
+  if (!Array.isArray(holes)) return false;
+  let end = 0;
+  for (const hole of holes as Partial<FileRange>[]) {
+    const { offset, length } = hole ?? {};
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset! < end || length! <= 0 || offset! + length! > size) return false;
+    end = offset! + length!;
+  }
+  return true;
 }
 
 /** Tool messages quote the service's own file paths; clients see "the image" instead. */

@@ -2,13 +2,13 @@ import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { DiskFormat, ImageRecord } from "../image.js";
 import { pickStore, resolveStoreUri, storeUri, type StoreObject } from "../store-uri.js";
-import { convert } from "./convert.js";
+import { convert, findHoles } from "./convert.js";
 import { exportKey, type Executor, type TransferEnvironment } from "./environment.js";
 import { taskFailure } from "./failure.js";
 import { withDeadline } from "./deadline.js";
 import { refuseConverted } from "./inspection.js";
 import { startHashing } from "./hashing.js";
-import { downloadToFile, storeFile } from "./streams.js";
+import { fetchToFile, storeFile } from "./streams.js";
 
 export interface ExportInput {
   diskFormat: DiskFormat;
@@ -34,7 +34,7 @@ export const runExport: Executor = async (run, env) => {
   const source = storedCopy(env, image);
   const sourcePath = join(run.workDir, "source");
   const [outcome] = await withDeadline(run, env.config.taskTimeoutSeconds, "export", async (signal) => {
-    const { verified } = await fetchVerified(source, image, sourcePath, signal, (done) => run.progress("fetching", done, image.size));
+    const { verified } = await fetchVerified(env, source, image, sourcePath, signal, (done) => run.progress("fetching", done, image.size));
     // An encrypted image cannot be converted without its key: its export is the stored copy itself.
     const exportPath = image.encrypted ? sourcePath : join(run.workDir, "export");
     if (!image.encrypted) {
@@ -102,14 +102,16 @@ export function storedCopy(env: TransferEnvironment, image: ImageRecord): StoreO
  * (CHECKSUM_MISMATCH) before its result counts, and removes what it wrote if the check fails.
  */
 export async function fetchVerified(
+  env: TransferEnvironment,
   source: StoreObject,
   image: ImageRecord,
   path: string,
   signal: AbortSignal,
   onBytes: (done: number) => void,
 ): Promise<{ verified: Promise<void> }> {
-  await downloadToFile(source.store.instance, source.key, path, { signal, onBytes });
-  const { digests } = await startHashing(path, ["sha512"], { signal });
+  const fetched = await fetchToFile(source.store.instance, source.key, path, { signal, onBytes });
+  const holes = fetched.holes ?? (await findHoles(env, path, signal));
+  const { digests } = await startHashing(path, ["sha512"], { signal, holes });
   const verified = digests.then(({ digests: { sha512 } }) => {
     if (sha512 !== image.osHashValue) {
       throw taskFailure("CHECKSUM_MISMATCH", `the stored copy at ${source.uri} does not match the image's sha512; it may be corrupt`);

@@ -8,13 +8,13 @@ import { resolveStoreUri, pickStore, storeUri, type StoreObject } from "../store
 import { isDomainError } from "../errors.js";
 import type { TaskResult } from "../task.js";
 import { whileUnavailable } from "../retry.js";
-import { convert, describeImage, measureConversion } from "./convert.js";
+import { convert, describeImage, findHoles, measureConversion } from "./convert.js";
 import { decompressUpload } from "./decompress.js";
 import { withDeadline } from "./deadline.js";
 import { imageKey, isHandover, type Executor, type TaskRun, type TransferEnvironment } from "./environment.js";
 import { taskFailure } from "./failure.js";
 import { inspectFile, refuseConverted, refuseUpload, sourceFormat } from "./inspection.js";
-import { downloadToFile, storeFile, type StoreTarget } from "./streams.js";
+import { fetchToFile, storeFile, type StoreTarget } from "./streams.js";
 
 /** What ImportImage records on the task for the worker. */
 export interface ImportInput {
@@ -26,7 +26,7 @@ export interface ImportInput {
 }
 
 /**
- * Import: fetch the seed object into the work dir (checking the caller's hash and
+ * Import: fetch the seed object into the work dir (a link where the store can make one; checking the caller's hash and
  * inspecting its format on the way), refuse it if the inspector found anything, convert
  * it to the runtime format, inspect the result again, then write it to every destination
  * store while hashing it. On any failure (or past taskTimeoutSeconds) the image is killed
@@ -57,7 +57,7 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     const expected: Hash | undefined = input.expectedHash && createHash(input.expectedHash.algorithm);
     const inspector = new ImageInspector();
     run.progress("fetching", 0, info.size);
-    await downloadToFile(source.store.instance, source.key, uploadPath, {
+    await fetchToFile(source.store.instance, source.key, uploadPath, {
       signal,
       maxBytes: config.maxImageBytes,
       hashes: expected ? [expected] : [],
@@ -120,6 +120,7 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     const stored = await storeFile(runtimePath, lanes, {
       signal,
       adopt: true,
+      holes: await findHoles(env, runtimePath, signal),
       onBytes: (done) => run.progress("storing", done, runtimeSize),
     });
     const locations: ImageLocation[] = [];

@@ -3,7 +3,7 @@ import { close, createReadStream, ftruncate, open, writev } from "node:fs";
 import { PassThrough, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { ObjectInfo, StoreInstance } from "../../plugins/plugin-api.js";
+import type { FileRange, ObjectInfo, StoreInstance } from "../../plugins/plugin-api.js";
 import { isTransient, type RetryPolicy } from "../store-retry.js";
 import { taskFailure } from "./failure.js";
 import { startHashing, type FileDigests } from "./hashing.js";
@@ -47,15 +47,41 @@ export function meter(options: MeterOptions): Transform {
   });
 }
 
-/** Streams a store object into a local file. */
+/** Streams a store object into a local file; resolves with the holes left where zeros came. */
 export async function downloadToFile(
   instance: StoreInstance,
   key: string,
   path: string,
   options: MeterOptions & { signal: AbortSignal },
-): Promise<void> {
+): Promise<{ holes: FileRange[] }> {
   const source = await instance.read(key, { signal: options.signal });
-  await pipeline(source, meter(options), new SparseFileWriter(path), { signal: options.signal });
+  const writer = new SparseFileWriter(path);
+  await pipeline(source, meter(options), writer, { signal: options.signal });
+  return { holes: writer.holes };
+}
+
+/**
+ * Puts a store object into a new local file: a second name for the same bytes where the store
+ * can make one (a file store on this file system), which writes nothing; else a copy. Either
+ * way every byte passes through `options` (inspection, hashes, the size limit): a linked file
+ * is read for that, from the page cache, unless only its progress is asked for. Resolves with
+ * the holes where they are known: those a copy left.
+ */
+export async function fetchToFile(
+  instance: StoreInstance,
+  key: string,
+  path: string,
+  options: MeterOptions & { signal: AbortSignal },
+): Promise<{ holes?: FileRange[] }> {
+  const linked = await instance.linkFile?.(key, path, { signal: options.signal });
+  if (!linked) return downloadToFile(instance, key, path, options);
+  if (!options.hashes?.length && !options.onChunk && options.maxBytes === undefined) {
+    options.onBytes?.(linked.size);
+    return {};
+  }
+  const discard = new Writable({ highWaterMark: CHUNK_BYTES, write: (_chunk, _encoding, callback) => callback() });
+  await pipeline(createReadStream(path, { highWaterMark: CHUNK_BYTES }), meter(options), discard, { signal: options.signal });
+  return {};
 }
 
 const ZEROS = Buffer.alloc(CHUNK_BYTES);
@@ -92,6 +118,8 @@ function writeAll(fd: number, buffers: Buffer[], position: number, callback: (er
  * per GiB on a VM whose idle memory the host reclaims), and qemu-img skips it when it reads.
  */
 class SparseFileWriter extends Writable {
+  /** The holes left so far, ascending: each run of zero chunks is one. */
+  readonly holes: FileRange[] = [];
   private fd = -1;
   private position = 0;
 
@@ -116,8 +144,12 @@ class SparseFileWriter extends Writable {
     const runs: { position: number; buffers: Buffer[] }[] = [];
     let run: { position: number; buffers: Buffer[] } | undefined;
     for (const { chunk } of chunks) {
+      if (chunk.length === 0) continue;
       if (isZero(chunk)) {
         run = undefined;
+        const last = this.holes.at(-1);
+        if (last && last.offset + last.length === this.position) last.length += chunk.length;
+        else this.holes.push({ offset: this.position, length: chunk.length });
       } else {
         if (!run) runs.push((run = { position: this.position, buffers: [] }));
         run.buffers.push(chunk);
@@ -231,6 +263,8 @@ export interface StoreFileOptions {
   onBytes?: (done: number) => void;
   /** md5 and sha512 of the file (import records them); off for exports, which need none. */
   hash?: boolean;
+  /** The file's holes, which the hashes take as zeros without reading them. */
+  holes?: readonly FileRange[];
   /**
    * The file is the caller's to give away: one store that can adopt it (a file store on the
    * same file system) takes it over by rename, after every other store has read it.
@@ -265,7 +299,7 @@ export async function storeFile(path: string, targets: readonly StoreTarget[], o
       report();
     };
     // Opened before any store may adopt (rename) the file.
-    hashing = (await startHashing(path, ["md5", "sha512"], { signal, onBytes })).digests;
+    hashing = (await startHashing(path, ["md5", "sha512"], { signal, onBytes, holes: options.holes })).digests;
   }
   const laneDone = (i: number) => () => {
     progress.lanes[i] = Infinity;
