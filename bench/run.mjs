@@ -364,12 +364,15 @@ async function main() {
   const server = await startServer(dataDir);
   const idleRss = mib(memoryOf(server.pid)?.rss ?? 0);
   say(`server pid ${server.pid} at ${server.url} (idle RSS ${idleRss} MiB)`);
-  const imageIds = [];
+  let deleted = 0;
   let maxSampled = 0;
   try {
     for (let i = 1; i <= opts.runs; i++) {
       const product = await productRun(server, qcow2, via);
-      imageIds.push(product.imageId);
+      // Each side drops its output before the next run, as the baseline removes out.raw: a kept
+      // image would hold its page cache, and every later run would write into colder memory.
+      await deleteImage(server, product.imageId);
+      deleted++;
       maxSampled = Math.max(maxSampled, product.maxRss);
       const baseline = await baselineRun(smallDir, qcow2);
       const hashMatches = product.image.sha512 === baseline.sha512;
@@ -401,8 +404,7 @@ async function main() {
     const mem = memoryOf(server.pid);
     result.server = { idleRssMib: idleRss, peakRssMib: mib(mem?.hwm ?? 0), maxSampledRssMib: mib(maxSampled), finalRssMib: mib(mem?.rss ?? 0) };
     result.leftovers.small = await settledLeftovers(dataDir);
-    for (const id of imageIds) await deleteImage(server, id);
-    result.deletedImages = imageIds.length;
+    result.deletedImages = deleted;
   } finally {
     await server.stop();
     rmSync(dataDir, { recursive: true, force: true });
