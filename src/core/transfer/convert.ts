@@ -1,4 +1,4 @@
-import { rename, stat } from "node:fs/promises";
+import { rename } from "node:fs/promises";
 import type { ConversionJob, FileRange, ImageDescription } from "../../plugins/plugin-api.js";
 import type { TransferEnvironment } from "./environment.js";
 import { isPluginFailure } from "../../plugins/guard.js";
@@ -85,15 +85,29 @@ export async function measureConversion(
 }
 
 /**
- * The holes of a local file, from a converter that can find them, for hashing without reading
- * them. None when no converter can, when it fails, or when what it reports cannot be this
- * file's holes: the file is then read in full, which is slower but never wrong.
+ * Unallocated bytes below which a file's holes are not looked for: reading a few MiB of holes
+ * costs less than starting a process to find them (1,000 small imports a second would start
+ * 1,000 of them).
  */
-export async function findHoles(env: TransferEnvironment, path: string, signal: AbortSignal): Promise<FileRange[]> {
+const MIN_UNALLOCATED_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The holes of a local file (`stats` from its fstat), from a converter that can find them, for
+ * hashing without reading them. None when the file has few (its allocated blocks say so), when no converter can find
+ * them, when it fails, or when what it reports cannot be this file's holes: the file is then
+ * read in full, which is slower but never wrong.
+ */
+export async function findHoles(
+  env: TransferEnvironment,
+  path: string,
+  { size, blocks }: { size: number; blocks: number },
+  signal: AbortSignal,
+): Promise<FileRange[]> {
+  if (size - blocks * 512 < MIN_UNALLOCATED_BYTES) return [];
   const finder = env.plugins.holeFinder();
   if (!finder) return [];
   try {
-    const [holes, { size }] = await Promise.all([finder(path, { signal }), stat(path)]);
+    const holes = await finder(path, { signal });
     if (areHoles(holes, size)) return holes;
     env.logger.warn({ size }, "a converter's findHoles() reported ranges that are not holes of the file; hashing reads all of it");
   } catch (err) {

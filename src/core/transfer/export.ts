@@ -110,7 +110,7 @@ export async function fetchVerified(
   onBytes: (done: number) => void,
 ): Promise<{ verified: Promise<void> }> {
   const fetched = await fetchToFile(source.store.instance, source.key, path, { signal, onBytes });
-  const holes = fetched.holes ?? (await findHoles(env, path, signal));
+  const holes = fetched.holes ?? (await findHoles(env, path, await stat(path), signal));
   const { digests } = await startHashing(path, ["sha512"], { signal, holes });
   const verified = digests.then(({ digests: { sha512 } }) => {
     if (sha512 !== image.osHashValue) {

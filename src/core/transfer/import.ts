@@ -112,7 +112,8 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
 
     // storing
     const lanes = targets.map((store) => ({ store: store.name, instance: store.instance, key: imageKey(imageId) }));
-    const runtimeSize = (await stat(runtimePath)).size;
+    const runtimeStats = await stat(runtimePath);
+    const runtimeSize = runtimeStats.size;
     if (runtimeSize > config.maxImageBytes) {
       throw taskFailure("IMAGE_TOO_LARGE", `stored as ${storedFormat} the image is ${runtimeSize} bytes; the limit is ${config.maxImageBytes}`);
     }
@@ -120,7 +121,7 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     const stored = await storeFile(runtimePath, lanes, {
       signal,
       adopt: true,
-      holes: await findHoles(env, runtimePath, signal),
+      holes: await findHoles(env, runtimePath, runtimeStats, signal),
       onBytes: (done) => run.progress("storing", done, runtimeSize),
     });
     const locations: ImageLocation[] = [];
