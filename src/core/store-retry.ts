@@ -1,6 +1,6 @@
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
-import { isStoreError, StoreError, type ReadOptions, type StoreInstance } from "../plugins/plugin-api.js";
+import { isStoreError, StoreError, type ObjectInfo, type ReadOptions, type StoreInstance } from "../plugins/plugin-api.js";
 
 export interface RetryPolicy {
   /** Further tries after the first. */
@@ -79,6 +79,15 @@ export function withRetries(
     }
   }
 
+  /** Stored or read without a copy (adoptFile, linkFile), but moved all the same: the traffic metric counts it. */
+  async function uncopied(direction: "read" | "write", what: string, call: () => Promise<ObjectInfo | undefined>): Promise<ObjectInfo | undefined> {
+    const moved = await call().catch((err: unknown) => {
+      throw failed(what, err);
+    });
+    if (moved) observer.bytes(direction, moved.size);
+    return moved;
+  }
+
   return {
     stat: (key, options) => retry(`stat ${key}`, options?.signal, () => instance.stat(key, options)),
     read: async (key, options) => {
@@ -111,26 +120,8 @@ export function withRetries(
     delete: (key, options) => retry(`delete ${key}`, options?.signal, () => instance.delete(key, options)),
     list: (options) => retry("list", options?.signal, () => instance.list(options)),
     removePartialWrites: instance.removePartialWrites && ((olderThan, options) => instance.removePartialWrites!(olderThan, options)),
-    adoptFile:
-      instance.adoptFile &&
-      (async (key, path, options) => {
-        const adopted = await instance.adoptFile!(key, path, options).catch((err: unknown) => {
-          throw failed(`adopt ${key}`, err);
-        });
-        // Stored without a copy, but stored all the same: the traffic metric counts it.
-        if (adopted) observer.bytes("write", adopted.size);
-        return adopted;
-      }),
-    linkFile:
-      instance.linkFile &&
-      (async (key, path, options) => {
-        const linked = await instance.linkFile!(key, path, options).catch((err: unknown) => {
-          throw failed(`link ${key}`, err);
-        });
-        // Read without a copy, but read all the same: the traffic metric counts it.
-        if (linked) observer.bytes("read", linked.size);
-        return linked;
-      }),
+    adoptFile: instance.adoptFile && ((key, path, options) => uncopied("write", `adopt ${key}`, () => instance.adoptFile!(key, path, options))),
+    linkFile: instance.linkFile && ((key, path, options) => uncopied("read", `link ${key}`, () => instance.linkFile!(key, path, options))),
     openFile:
       instance.openFile &&
       (async (key, options) => {

@@ -164,4 +164,23 @@ describe("plugin guard around a converter", () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it("cuts a findHoles that hangs past the call limit", async () => {
+    const guard = guardOf({ callTimeoutMs: 100 });
+    const converter = guardConverter(guard, { conversions: [], convert: async () => undefined, findHoles: () => new Promise(() => {}) });
+    await expect(converter.findHoles!("/work/runtime")).rejects.toMatchObject({
+      reason: "PLUGIN_TIMEOUT",
+      message: 'plugin "store-x" did not answer in findHoles within 0.1 s',
+    });
+    expect(guard.failures).toBe(1);
+  });
+});
+
+describe("plugin guard around linkFile", () => {
+  it("cuts a linkFile that hangs past the call limit", async () => {
+    const guard = guardOf({ callTimeoutMs: 100 });
+    const store = guardStore(guard, fakeStore({ linkFile: () => new Promise(() => {}) }));
+    await expect(store.linkFile!("uploads/u", "/work/upload")).rejects.toMatchObject({ reason: "PLUGIN_TIMEOUT" });
+    expect(guard.failures).toBe(1);
+  });
 });

@@ -105,4 +105,25 @@ describe("store retries", () => {
     failing = true;
     await expect(file.read(into, 0)).rejects.toMatchObject({ kind: "unavailable", message: 'store "local": EIO' });
   });
+
+  it("counts what adoptFile and linkFile move without a copy as write and read traffic, and names the store when they fail", async () => {
+    const traffic: Array<[string, number]> = [];
+    let failing = false;
+    const store: StoreInstance = {
+      ...flakyStore({}).store,
+      adoptFile: async (key) => ({ key, size: 300 }),
+      linkFile: async (key) => {
+        if (failing) throw new StoreError("permission", "EACCES");
+        return key === "elsewhere" ? undefined : { key, size: 700 };
+      },
+    };
+    const observer = { bytes: (direction: "read" | "write", count: number) => void traffic.push([direction, count]), error() {} };
+    const wrapped = withRetries("local", store, true, fast, observer);
+    expect(await wrapped.adoptFile!("k", "/work/runtime")).toEqual({ key: "k", size: 300 });
+    expect(await wrapped.linkFile!("k", "/work/upload")).toEqual({ key: "k", size: 700 });
+    expect(await wrapped.linkFile!("elsewhere", "/work/upload")).toBeUndefined();
+    expect(traffic).toEqual([["write", 300], ["read", 700]]);
+    failing = true;
+    await expect(wrapped.linkFile!("k", "/work/upload")).rejects.toMatchObject({ kind: "permission", message: 'store "local": EACCES' });
+  });
 });
