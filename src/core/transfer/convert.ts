@@ -92,10 +92,10 @@ export async function measureConversion(
 const MIN_UNALLOCATED_BYTES = 64 * 1024 * 1024;
 
 /**
- * The holes of a local file (`stats` from its fstat), from a converter that can find them, for
- * hashing without reading them. None when the file has few (its allocated blocks say so), when no converter can find
- * them, when it fails, or when what it reports cannot be this file's holes: the file is then
- * read in full, which is slower but never wrong.
+ * The holes of a local file (`stats` from its stat), from a converter that can find them, for
+ * hashing without reading them. None when the file has few (its allocated blocks say so), when
+ * no converter can find them, when it fails, or when what it reports cannot be this file's
+ * holes: the file is then read in full, which is slower but never wrong.
  */
 export async function findHoles(
   env: TransferEnvironment,
