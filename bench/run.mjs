@@ -371,8 +371,7 @@ async function main() {
       const product = await productRun(server, qcow2, via);
       // Each side drops its output before the next run, as the baseline removes out.raw: a kept
       // image would hold its page cache, and every later run would write into colder memory.
-      await deleteImage(server, product.imageId);
-      deleted++;
+      if (await deleteImage(server, product.imageId)) deleted++;
       maxSampled = Math.max(maxSampled, product.maxRss);
       const baseline = await baselineRun(smallDir, qcow2);
       const hashMatches = product.image.sha512 === baseline.sha512;

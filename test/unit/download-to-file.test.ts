@@ -22,15 +22,15 @@ function storeOf(chunks: Buffer[]): StoreInstance {
   };
 }
 
-describe("downloadToFile", () => {
-  let dir: string;
-  beforeEach(async () => {
-    dir = await fs.mkdtemp(path.join(tmpdir(), "itx-download-"));
-  });
-  afterEach(async () => {
-    await fs.rm(dir, { recursive: true, force: true });
-  });
+let dir: string;
+beforeEach(async () => {
+  dir = await fs.mkdtemp(path.join(tmpdir(), "itx-fetch-"));
+});
+afterEach(async () => {
+  await fs.rm(dir, { recursive: true, force: true });
+});
 
+describe("downloadToFile", () => {
   it("writes the object byte for byte, leaving its zeros as holes, trailing zeros included", async () => {
     // Odd sizes, so data and zeros start mid-block; a 3 MiB zero chunk is longer than one
     // comparison, and the 1 MiB one after it adds to the same hole.
@@ -62,14 +62,6 @@ describe("downloadToFile", () => {
 });
 
 describe("fetchToFile", () => {
-  let dir: string;
-  beforeEach(async () => {
-    dir = await fs.mkdtemp(path.join(tmpdir(), "itx-fetch-"));
-  });
-  afterEach(async () => {
-    await fs.rm(dir, { recursive: true, force: true });
-  });
-
   /** A store that links its one object (a local file) where asked, or declines. */
   function linkingStore(object: string, links: boolean): StoreInstance {
     return {

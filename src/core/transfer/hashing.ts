@@ -13,9 +13,9 @@ const REPORT_BYTES = 32 * 1024 * 1024;
  * (starting a thread costs about 20 ms of CPU; an import needs two). It reads the file itself
  * (pread on the descriptor it is given, from the page cache) instead of being sent chunks: no
  * bytes cross threads, and each thread holds one read buffer. Holes it is told of are hashed
- * from zeros, not read. A hole past the end of the file is noticed by the caller: the bytes
- * hashed then differ from the file's size. Plain CommonJS evaluated as a
- * string, so that it runs the same from dist/ and from the TypeScript sources under test.
+ * from zeros, not read; one past the end of the file shows as bytes hashed that differ from
+ * the file's size, which the caller checks. Plain CommonJS evaluated as a string, so that it
+ * runs the same from dist/ and from the TypeScript sources under test.
  */
 const HASH_THREAD = `
 const { parentPort, workerData } = require("node:worker_threads");

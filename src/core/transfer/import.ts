@@ -26,11 +26,11 @@ export interface ImportInput {
 }
 
 /**
- * Import: fetch the seed object into the work dir (a link where the store can make one; checking the caller's hash and
- * inspecting its format on the way), refuse it if the inspector found anything, convert
- * it to the runtime format, inspect the result again, then write it to every destination
- * store while hashing it. On any failure (or past taskTimeoutSeconds) the image is killed
- * and nothing the import wrote is left behind.
+ * Import: fetch the seed object into the work dir (a link where the store can make one),
+ * checking the caller's hash and inspecting its format on the way; refuse it if the
+ * inspector found anything, convert it to the runtime format, inspect the result again,
+ * then write it to every destination store while hashing it. On any failure (or past
+ * taskTimeoutSeconds) the image is killed and nothing the import wrote is left behind.
  */
 export const runImport: Executor = (run, env) => withDeadline(run, env.config.taskTimeoutSeconds, "import", (signal) => importImage(run, env, signal));
 
