@@ -9,16 +9,16 @@
  * mkdir never runs through a link that leaves the root.
  *
  * Writes are atomic: bytes go to a hidden temp file in the target's directory
- * (`.NAME.tmp-<16 hex>`), which is fsynced and renamed over the target; any failure
- * or abort removes the temp file. Temp names are reserved: keys may not use them and
- * list() never shows them. adoptFile() renames a finished local file into the store
- * instead, when it lies on the same file system, and linkFile() gives an object a second name
- * outside the store there (a hard link; objects are never changed in place, so the link keeps
- * the bytes it was made with); openFile() hands the host an object's open file, for reads into
- * buffers it reuses.
+ * (`.NAME.tmp-<16 hex>`, runs of zeros left as holes), which is fsynced and renamed over
+ * the target; any failure or abort removes the temp file. Temp names are reserved: keys may
+ * not use them and list() never shows them. adoptFile() renames a finished local file into
+ * the store instead, when it lies on the same file system, and linkFile() gives an object a
+ * second name outside the store there (a hard link; objects are never changed in place, so
+ * the link keeps the bytes it was made with); openFile() hands the host an object's open
+ * file, for reads into buffers it reuses.
  */
 import { randomBytes } from "node:crypto";
-import { constants, createReadStream, createWriteStream, type Stats } from "node:fs";
+import { constants, createReadStream, type Stats } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { Readable } from "node:stream";
@@ -26,6 +26,7 @@ import { pipeline } from "node:stream/promises";
 import {
   defineStorePlugin,
   isStoreError,
+  SparseFileWriter,
   StoreError,
   type ByteRange,
   type CallOptions,
@@ -268,11 +269,12 @@ class FileStore implements StoreInstance {
     let streamOwnsHandle = false;
     let writeError: unknown;
     try {
-      // The stream owns the handle: when it ends it fsyncs (flush) and closes it, and
-      // pipeline settles only after that; when it is destroyed it closes it as well.
+      // The writer owns the handle: when it ends it fsyncs and closes it, and pipeline
+      // settles only after that; when it is destroyed it closes it as well. Zeros become
+      // holes: a raw image that is half zeros costs half the disk and page cache.
       // A deep buffer: with the default 16 KiB every 64 KiB network chunk waited for its own
       // write to finish before the socket was read again (an upload ran at 200 MB/s, disk idle).
-      const out = createWriteStream(temp, { fd: handle, flush: true, highWaterMark: WRITE_BUFFER_BYTES });
+      const out = new SparseFileWriter(handle, { sync: true, highWaterMark: WRITE_BUFFER_BYTES });
       streamOwnsHandle = true;
       out.once("error", (err) => (writeError = err));
       try {

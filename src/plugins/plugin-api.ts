@@ -9,13 +9,16 @@
  */
 import type { Readable } from "node:stream";
 
+/** A helper for stores that keep objects in local files: writes a stream, leaving its zeros as holes. @since 1.5 */
+export { SparseFileWriter, type SparseFileWriterOptions } from "./sparse-file.js";
+
 /**
  * The version of this contract. The host loads plugins of the same major version and
  * an equal or lower minor version. 1.1 added ConversionJob.maxOutputBytes and
  * CallOptions.traceContext; 1.2 added StoreInstance.adoptFile; 1.3 added StoreInstance.openFile;
- * 1.4 added ConverterDriver.findHoles and StoreInstance.linkFile.
+ * 1.4 added ConverterDriver.findHoles and StoreInstance.linkFile; 1.5 added SparseFileWriter.
  */
-export const PLUGIN_API_VERSION = "1.4";
+export const PLUGIN_API_VERSION = "1.5";
 
 /** What a store can do; the host never calls what a store does not advertise. */
 export interface StoreCapabilities {

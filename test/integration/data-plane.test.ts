@@ -483,6 +483,29 @@ describe("data plane on one server with three filesystem stores", () => {
       });
     });
 
+    it("keeps a raw upload's zeros as holes through upload, expected-hash check and store", async () => {
+      // 80 MiB with 8 MiB of data: enough zeros that the import finds the holes instead of reading them.
+      const disk = path.join(work, "mostly-zeros.raw");
+      await fs.writeFile(disk, randomBytes(8 * MiB));
+      await fs.truncate(disk, 80 * MiB);
+      const hashes = await hashFile(disk);
+      const seedUri = await upload(disk);
+      const staged = path.join(storeRoot, new URL(seedUri).pathname);
+      expect((await fs.stat(staged)).blocks * 512, "the staged upload takes the disk of its data").toBeLessThan(16 * MiB);
+      const wrong = await importAndWatch({
+        seedUri: await upload(disk),
+        diskFormat: DiskFormat.RAW,
+        expectedHash: { algorithm: HashAlgorithm.SHA512, value: hashes.sha512.replace(/^./, (ch) => (ch === "0" ? "1" : "0")) },
+      });
+      expect(wrong.task.error).toMatchObject({ reason: "CHECKSUM_MISMATCH" });
+      await expectNothingLeft(wrong.image.id);
+      const { task, image } = await importAndWatch({ seedUri, diskFormat: DiskFormat.RAW, expectedHash: { algorithm: HashAlgorithm.SHA512, value: hashes.sha512 } });
+      expect(task.state, JSON.stringify(task.error)).toBe(TaskState.SUCCEEDED);
+      expect(await getImage(image.id)).toMatchObject({ status: ImageStatus.ACTIVE, size: BigInt(80 * MiB), checksum: hashes.md5, osHashValue: hashes.sha512 });
+      const stored = await fs.stat(path.join(storeRoot, "images", image.id));
+      expect(stored.blocks * 512, "the stored image takes the disk of its data").toBeLessThan(16 * MiB);
+    });
+
     it("fails UNSAFE_IMAGE for a qcow2 with a backing file", async () => {
       const overlay = path.join(work, "overlay.qcow2");
       await qemuImg(["create", "-f", "qcow2", "-b", sourceRaw, "-F", "raw", overlay]);

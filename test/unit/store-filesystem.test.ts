@@ -160,6 +160,23 @@ describe("write, stat and read", () => {
     expect([...(await readAll(await store.read("one")))]).toEqual([0xab]);
   });
 
+  it("leaves runs of zeros as holes, trailing ones included, and reads them back as zeros", async () => {
+    const MiB = 1024 * 1024;
+    const data = Buffer.alloc(MiB + 3, 0x5a);
+    // Network-sized chunks of zeros, a data chunk that starts and ends with zeros, and zeros at the end.
+    const parts = [data, ...Array.from({ length: 128 }, () => Buffer.alloc(64 * 1024)), Buffer.concat([Buffer.alloc(10), data, Buffer.alloc(10)]), Buffer.alloc(8 * MiB)];
+    const expected = Buffer.concat(parts);
+    expect(await store.write("sparse.raw", chunks(...parts))).toMatchObject({ size: expected.length });
+    const file = path.join(root, "sparse.raw");
+    // equals, not toEqual: vitest compares a Buffer's bytes one by one, for seconds.
+    expect((await fs.readFile(file)).equals(expected)).toBe(true);
+    expect((await readAll(await store.read("sparse.raw"))).equals(expected)).toBe(true);
+    const { size, blocks } = await fs.stat(file);
+    expect(size).toBe(expected.length);
+    // About 2 MiB of data in 18 MiB: the 16 MiB of zeros take no disk.
+    expect(blocks * 512).toBeLessThan(3 * MiB);
+  });
+
   it("serves ranged reads at the edges", async () => {
     const content = Buffer.from(Array.from({ length: 100 }, (_, i) => i));
     await store.write("r", chunks(content));

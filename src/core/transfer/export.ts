@@ -110,7 +110,9 @@ export async function fetchVerified(
   onBytes: (done: number) => void,
 ): Promise<{ verified: Promise<void> }> {
   const fetched = await fetchToFile(source.store.instance, source.key, path, { signal, onBytes });
-  const holes = fetched.holes ?? (await findHoles(env, path, await stat(path), signal));
+  const stats = await stat(path);
+  if (fetched.linked) onBytes(stats.size);
+  const holes = fetched.holes ?? (await findHoles(env, path, stats, signal));
   const { digests } = await startHashing(path, ["sha512"], { signal, holes });
   const verified = digests.then(({ digests: { sha512 } }) => {
     if (sha512 !== image.osHashValue) {

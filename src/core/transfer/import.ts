@@ -14,6 +14,7 @@ import { withDeadline } from "./deadline.js";
 import { imageKey, isHandover, type Executor, type TaskRun, type TransferEnvironment } from "./environment.js";
 import { taskFailure } from "./failure.js";
 import { inspectFile, refuseConverted, refuseUpload, sourceFormat } from "./inspection.js";
+import { startHashing } from "./hashing.js";
 import { fetchToFile, storeFile, type StoreTarget } from "./streams.js";
 
 /** What ImportImage records on the task for the worker. */
@@ -57,16 +58,22 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     const expected: Hash | undefined = input.expectedHash && createHash(input.expectedHash.algorithm);
     const inspector = new ImageInspector();
     run.progress("fetching", 0, info.size);
-    await fetchToFile(source.store.instance, source.key, uploadPath, {
+    const onBytes = (done: number) => run.progress("fetching", done, info.size);
+    const fetched = await fetchToFile(source.store.instance, source.key, uploadPath, {
       signal,
       maxBytes: config.maxImageBytes,
       hashes: expected ? [expected] : [],
-      onBytes: (done) => run.progress("fetching", done, info.size),
+      onBytes,
       onChunk: (chunk) => inspector.write(chunk),
     });
-    if (input.expectedHash && expected!.digest("hex") !== input.expectedHash.value) {
-      throw taskFailure("CHECKSUM_MISMATCH", `the upload's ${input.expectedHash.algorithm} is not the expected ${input.expectedHash.value}`);
+    if (input.expectedHash) {
+      // A linked upload was not read on the way: it is hashed here, on a thread, its holes unread.
+      const actual = fetched.linked ? await digestOf(env, uploadPath, input.expectedHash.algorithm, signal, onBytes) : expected!.digest("hex");
+      if (actual !== input.expectedHash.value) {
+        throw taskFailure("CHECKSUM_MISMATCH", `the upload's ${input.expectedHash.algorithm} is not the expected ${input.expectedHash.value}`);
+      }
     }
+    run.progress("fetching", info.size, info.size);
 
     // decompressing: a compressed upload is judged by the image inside it, which must fit the size limit too.
     const sourcePath = join(run.workDir, "source");
@@ -76,7 +83,8 @@ async function importImage(run: TaskRun, env: TransferEnvironment, signal: Abort
     if (!decompressed) await rename(uploadPath, sourcePath);
 
     // inspecting: the inspector's verdict first, then qemu-img's own reading of the header as a second layer.
-    const report = decompressed ? await inspectFile(sourcePath, signal) : inspector.finish();
+    // A file the inspector did not see on its way in, it reads now, seeking to what it needs.
+    const report = decompressed || fetched.linked ? await inspectFile(sourcePath, signal) : inspector.finish();
     const size = report.size;
     run.progress("inspecting", 0, size);
     const targets = (input.stores.length > 0 ? input.stores : [""]).map((name) => pickStore(stores, name, "isDefault", config.region));
@@ -184,4 +192,11 @@ async function removeStagedUpload(env: TransferEnvironment, source: StoreObject)
 
 function errorText(err: unknown): string {
   return isStoreError(err) || err instanceof Error ? err.message : String(err);
+}
+
+/** The digest of a local file, from a hashing thread that takes its holes as zeros unread. */
+async function digestOf(env: TransferEnvironment, path: string, algorithm: string, signal: AbortSignal, onBytes: (done: number) => void): Promise<string> {
+  const holes = await findHoles(env, path, await stat(path), signal);
+  const { digests } = await startHashing(path, [algorithm], { signal, holes, onBytes });
+  return (await digests).digests[algorithm]!;
 }

@@ -1,21 +1,16 @@
 import { createHash, type Hash } from "node:crypto";
-import { close, createReadStream, ftruncate, open, writev } from "node:fs";
-import { PassThrough, Transform, Writable } from "node:stream";
+import { createReadStream } from "node:fs";
+import { PassThrough, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { FileRange, ObjectInfo, StoreInstance } from "../../plugins/plugin-api.js";
+import { SparseFileWriter } from "../../plugins/sparse-file.js";
 import { isTransient, type RetryPolicy } from "../store-retry.js";
 import { taskFailure } from "./failure.js";
 import { startHashing, type FileDigests } from "./hashing.js";
 
 /** Chunks read from local files: large enough that per-chunk costs vanish, small enough to bound memory. */
 export const CHUNK_BYTES = 1024 * 1024;
-
-/**
- * Bytes a download may buffer before it stops reading the network: with the default 16 KiB
- * every 64 KiB network chunk waited for its own disk write before the socket was read again.
- */
-const DOWNLOAD_BUFFER_BYTES = 4 * 1024 * 1024;
 
 /** What a meter does with the bytes passing through it. */
 export interface MeterOptions {
@@ -62,116 +57,23 @@ export async function downloadToFile(
 
 /**
  * Puts a store object into a new local file: a second name for the same bytes where the store
- * can make one (a file store on this file system), which writes nothing; else a copy. Either
- * way every byte passes through `options` (inspection, hashes, the size limit): a linked file
- * is read for that, from the page cache, unless only its progress is asked for. Resolves with
- * the holes where they are known: those a copy left.
+ * can make one (a file store on this file system), else a copy. A copy passes every byte
+ * through `options` (inspection, hashes, the size limit, progress) on its way. A linked file is
+ * neither read nor reported, only its size checked: it is a local file, which the caller can
+ * check better itself (the inspector seeks to the few bytes it needs; a hash skips the holes).
  */
 export async function fetchToFile(
   instance: StoreInstance,
   key: string,
   path: string,
   options: MeterOptions & { signal: AbortSignal },
-): Promise<{ holes?: FileRange[] }> {
+): Promise<{ linked: boolean; holes?: FileRange[] }> {
   const linked = await instance.linkFile?.(key, path, { signal: options.signal });
-  if (!linked) return downloadToFile(instance, key, path, options);
-  if (!options.hashes?.length && !options.onChunk && options.maxBytes === undefined) {
-    options.onBytes?.(linked.size);
-    return {};
+  if (!linked) return { linked: false, ...(await downloadToFile(instance, key, path, options)) };
+  if (options.maxBytes !== undefined && linked.size > options.maxBytes) {
+    throw taskFailure("IMAGE_TOO_LARGE", `the image is larger than the limit of ${options.maxBytes} bytes`);
   }
-  const discard = new Writable({ highWaterMark: CHUNK_BYTES, write: (_chunk, _encoding, callback) => callback() });
-  await pipeline(createReadStream(path, { highWaterMark: CHUNK_BYTES }), meter(options), discard, { signal: options.signal });
-  return {};
-}
-
-const ZEROS = Buffer.alloc(CHUNK_BYTES);
-
-function isZero(chunk: Buffer): boolean {
-  for (let at = 0; at < chunk.length; at += ZEROS.length) {
-    const part = chunk.subarray(at, at + ZEROS.length);
-    if (!part.equals(ZEROS.subarray(0, part.length))) return false;
-  }
-  return true;
-}
-
-/** writev until every byte is written: a write may take fewer bytes than it was given. */
-function writeAll(fd: number, buffers: Buffer[], position: number, callback: (error: Error | null) => void): void {
-  writev(fd, buffers, position, (err, written) => {
-    if (err) return callback(err);
-    const rest: Buffer[] = [];
-    let skip = written;
-    for (const buffer of buffers) {
-      if (skip >= buffer.length) skip -= buffer.length;
-      else {
-        rest.push(buffer.subarray(skip));
-        skip = 0;
-      }
-    }
-    if (rest.length === 0) return callback(null);
-    writeAll(fd, rest, position + written, callback);
-  });
-}
-
-/**
- * Writes a stream to a new file, leaving chunks of zeros as holes. Images are often half
- * zeros: a hole costs no disk, no page cache (writing fresh page-cache pages costs up to 3 s
- * per GiB on a VM whose idle memory the host reclaims), and qemu-img skips it when it reads.
- */
-class SparseFileWriter extends Writable {
-  /** The holes left so far, ascending: each run of zero chunks is one. */
-  readonly holes: FileRange[] = [];
-  private fd = -1;
-  private position = 0;
-
-  constructor(private readonly path: string) {
-    // Network chunks buffered meanwhile go to disk together, in one writev.
-    super({ highWaterMark: DOWNLOAD_BUFFER_BYTES });
-  }
-
-  override _construct(callback: (error?: Error | null) => void): void {
-    open(this.path, "w", (err, fd) => {
-      this.fd = fd;
-      callback(err);
-    });
-  }
-
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    this._writev([{ chunk }], callback);
-  }
-
-  override _writev(chunks: { chunk: Buffer }[], callback: (error?: Error | null) => void): void {
-    // Runs of data between zero chunks, each written where it belongs.
-    const runs: { position: number; buffers: Buffer[] }[] = [];
-    let run: { position: number; buffers: Buffer[] } | undefined;
-    for (const { chunk } of chunks) {
-      if (chunk.length === 0) continue;
-      if (isZero(chunk)) {
-        run = undefined;
-        const last = this.holes.at(-1);
-        if (last && last.offset + last.length === this.position) last.length += chunk.length;
-        else this.holes.push({ offset: this.position, length: chunk.length });
-      } else {
-        if (!run) runs.push((run = { position: this.position, buffers: [] }));
-        run.buffers.push(chunk);
-      }
-      this.position += chunk.length;
-    }
-    const next = (i: number): void => {
-      if (i === runs.length) return callback();
-      writeAll(this.fd, runs[i]!.buffers, runs[i]!.position, (err) => (err ? callback(err) : next(i + 1)));
-    };
-    next(0);
-  }
-
-  override _final(callback: (error?: Error | null) => void): void {
-    // Zeros at the end leave no hole unless the file is this long.
-    ftruncate(this.fd, this.position, callback);
-  }
-
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    if (this.fd < 0) return callback(error);
-    close(this.fd, (err) => callback(error ?? err));
-  }
+  return { linked: true };
 }
 
 export interface StoreTarget {
