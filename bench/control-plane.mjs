@@ -319,7 +319,7 @@ function rateResult(name, { rates, floor, unavailable }, min) {
   const retried = unavailable > 0 ? `; ${unavailable} calls answered UNAVAILABLE, made again` : "";
   const label = `ImportImage to a task (${ofFloor} of Health.Check's ${Math.round(median(floor))} calls/s${retried})`;
   const result = {
-    name,
+    name: `${name} (${ofFloor} of Health.Check's rate)`,
     unit: "tasks/s",
     better: "higher",
     product: summarize(label, rates),

@@ -9,9 +9,6 @@
  */
 import type { Readable } from "node:stream";
 
-/** A helper for stores that keep objects in local files: writes a stream, leaving its zeros as holes. @since 1.5 */
-export { SparseFileWriter, type SparseFileWriterOptions } from "./sparse-file.js";
-
 /**
  * The version of this contract. The host loads plugins of the same major version and
  * an equal or lower minor version. 1.1 added ConversionJob.maxOutputBytes and
@@ -368,3 +365,6 @@ export class StoreError extends Error {
 export function isStoreError(err: unknown): err is StoreError {
   return err instanceof Error && err.name === "StoreError" && typeof (err as StoreError).kind === "string";
 }
+
+/** A helper for stores that keep objects in local files: writes a stream, leaving its zeros as holes. @since 1.5 */
+export { SparseFileWriter, type SparseFileWriterOptions } from "./sparse-file.js";

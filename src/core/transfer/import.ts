@@ -13,8 +13,8 @@ import { decompressUpload } from "./decompress.js";
 import { withDeadline } from "./deadline.js";
 import { imageKey, isHandover, type Executor, type TaskRun, type TransferEnvironment } from "./environment.js";
 import { taskFailure } from "./failure.js";
-import { inspectFile, refuseConverted, refuseUpload, sourceFormat } from "./inspection.js";
 import { startHashing } from "./hashing.js";
+import { inspectFile, refuseConverted, refuseUpload, sourceFormat } from "./inspection.js";
 import { fetchToFile, storeFile, type StoreTarget } from "./streams.js";
 
 /** What ImportImage records on the task for the worker. */
