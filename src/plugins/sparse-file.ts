@@ -6,6 +6,13 @@ import type { FileRange } from "./plugin-api.js";
 /** Zeros compared against, a slice at a time. */
 const ZEROS = Buffer.alloc(1024 * 1024);
 
+/**
+ * Holes listed at most (about 4 MiB of list): an image of millions of separate zero runs
+ * must not grow it without bound. Holes past it are still left, just not listed; a reader
+ * that skips the listed ones reads the others, which read as zeros all the same.
+ */
+const MAX_LISTED_HOLES = 65_536;
+
 export interface SparseFileWriterOptions {
   /** fsync the file before it is closed, as a store must before it renames it into place. */
   sync?: boolean;
@@ -21,7 +28,7 @@ export interface SparseFileWriterOptions {
  * file handle of an empty file (it closes the handle when it ends or is destroyed).
  */
 export class SparseFileWriter extends Writable {
-  /** The holes left so far, ascending: each run of zero chunks is one. */
+  /** The holes left so far, ascending: each run of zero chunks is one (up to MAX_LISTED_HOLES of them). */
   readonly holes: FileRange[] = [];
   private fd = -1;
   private position = 0;
@@ -63,7 +70,7 @@ export class SparseFileWriter extends Writable {
         run = undefined;
         const last = this.holes.at(-1);
         if (last && last.offset + last.length === this.position) last.length += chunk.length;
-        else this.holes.push({ offset: this.position, length: chunk.length });
+        else if (this.holes.length < MAX_LISTED_HOLES) this.holes.push({ offset: this.position, length: chunk.length });
       } else {
         if (!run) runs.push((run = { position: this.position, buffers: [] }));
         run.buffers.push(chunk);

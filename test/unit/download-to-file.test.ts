@@ -53,6 +53,17 @@ describe("downloadToFile", () => {
     ]);
   });
 
+  it("lists at most 65,536 holes, however many separate runs of zeros come, and still leaves them all", async () => {
+    const data = Buffer.of(7);
+    const zero = Buffer.alloc(1);
+    const chunks = Array.from({ length: 2 * 70_000 }, (_, i) => (i % 2 === 0 ? data : zero));
+    const file = path.join(dir, "copy");
+    const { holes } = await downloadToFile(storeOf(chunks), "k", file, { signal: AbortSignal.timeout(60_000) });
+    expect(holes).toHaveLength(65_536);
+    expect(holes.at(-1)).toEqual({ offset: 2 * 65_535 + 1, length: 1 });
+    expect((await fs.readFile(file)).equals(Buffer.concat(chunks))).toBe(true);
+  });
+
   it("writes many small chunks that arrive together in order", async () => {
     const chunks = Array.from({ length: 500 }, (_, i) => (i % 3 === 0 ? Buffer.alloc(4096 + i) : randomBytes(4096 + i)));
     const file = path.join(dir, "copy");
