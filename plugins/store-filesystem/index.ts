@@ -43,8 +43,6 @@ import {
 const DEFAULT_PAGE_SIZE = 1000;
 /** Bytes per chunk read: 1 MiB reads cost a fraction of 64 KiB ones per byte, in every layer above. */
 const READ_CHUNK_BYTES = 1024 * 1024;
-/** Bytes a write may buffer before it stops reading its source: several chunks go to the disk in one writev. */
-const WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
 /** NAME_MAX on practically every local file system, in bytes. */
 const MAX_SEGMENT_BYTES = 255;
 /** Temp file names: `.` + (a prefix of) the target's name + `.tmp-` + 16 hex digits. */
@@ -272,9 +270,7 @@ class FileStore implements StoreInstance {
       // The writer owns the handle: when it ends it fsyncs and closes it, and pipeline
       // settles only after that; when it is destroyed it closes it as well. Zeros become
       // holes: a raw image that is half zeros costs half the disk and page cache.
-      // A deep buffer: with the default 16 KiB every 64 KiB network chunk waited for its own
-      // write to finish before the socket was read again (an upload ran at 200 MB/s, disk idle).
-      const out = new SparseFileWriter(handle, { sync: true, highWaterMark: WRITE_BUFFER_BYTES });
+      const out = new SparseFileWriter(handle, { sync: true });
       streamOwnsHandle = true;
       out.once("error", (err) => (writeError = err));
       try {
